@@ -1,0 +1,144 @@
+"""Wiring: broker, app, start-up checks, HTTP routes; run as `faststream run service.main:app`."""
+
+import asyncio
+import logging
+from typing import Any
+
+from faststream.asgi import AsgiFastStream, AsgiResponse, AsyncAPIRoute, get
+from faststream.asgi.response import JSONResponse
+from faststream.asgi.types import Scope
+from faststream.specification import AsyncAPI
+
+from service import __version__
+from service.broker import SessionAuditBroker
+from service.config import get_settings, redact
+from service.db import get_engine
+from service.handlers import router, session_ends
+from service.repository import head_revision, ping, schema_revision
+
+settings = get_settings()
+logging.basicConfig(
+    level=settings.log_level,
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+)
+logger = logging.getLogger("service")
+
+broker = SessionAuditBroker(
+    settings,
+    servers=[server.strip() for server in settings.nats_url.split(",")],
+    # Lets a batch in flight commit and settle before the connection drains on shutdown.
+    graceful_timeout=settings.graceful_timeout_s,
+    max_reconnect_attempts=-1,
+    reconnect_time_wait=2,
+    # FastStream logs every message at INFO by default; a batch is one line at DEBUG.
+    log_level=logging.DEBUG,
+)
+broker.include_router(router)
+
+
+class StartupError(SystemExit):
+    """The service cannot run against this database as it is; the message says what to do."""
+
+
+async def check_schema() -> None:
+    """Stop start-up unless the database schema is at the revision this code needs."""
+    engine = get_engine()
+    try:
+        current = await asyncio.wait_for(schema_revision(engine), timeout=10)
+    except Exception as error:
+        message = f"cannot reach the database at DATABASE_URL ({redact(settings.database_url)}):"
+        raise StartupError(f"{message} {redact(str(error))}") from None
+    needed = head_revision()
+    if current != needed:
+        raise StartupError(
+            f"database schema is at revision {current or '(none)'} but this service needs "
+            f"{needed}: run `make migrate` (alembic upgrade head) first"
+        )
+    logger.info("database schema at revision %s", current)
+
+
+async def dispose_engine() -> None:
+    """Close pooled database connections after the broker has drained."""
+    await get_engine().dispose()
+
+
+@get(include_in_schema=False)
+async def healthz(scope: Scope) -> AsgiResponse:
+    """Liveness: the process answers."""
+    return JSONResponse({"status": "alive"}, 200)
+
+
+@get(include_in_schema=False)
+async def readyz(scope: Scope) -> AsgiResponse:
+    """Readiness: NATS connected, consumer bound, database answering."""
+    checks = {
+        "nats": await broker.ping(timeout=1.0),
+        "stream": broker.stream_ready.is_set(),
+        "consumer": session_ends.subscription is not None,
+        "database": await _database_answers(),
+    }
+    ready = all(checks.values())
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if not ready:
+        body["down"] = [name for name, ok in checks.items() if not ok]
+    return JSONResponse(body, 200 if ready else 503)
+
+
+async def _database_answers() -> bool:
+    try:
+        await asyncio.wait_for(ping(get_engine()), timeout=2.0)
+    except Exception:
+        return False
+    return True
+
+
+specification = AsyncAPI(
+    broker,
+    title="session-audit",
+    version=__version__,
+    description=(
+        "Consumes the SSH relay's session-end events from JetStream and writes one "
+        "`audit_logs` row per session. Invalid messages are dead-lettered with a reason."
+    ),
+    schema_version="3.0.0",
+)
+
+
+@get(include_in_schema=False)
+async def asyncapi_yaml(scope: Scope) -> AsgiResponse:
+    """The AsyncAPI document as YAML."""
+    document = specification.to_specification().to_yaml()
+    return AsgiResponse(document.encode(), 200, {"Content-Type": "application/yaml"})
+
+
+class SessionAuditApp(AsgiFastStream):
+    """The ASGI app, listening where the settings say unless the command line overrides it."""
+
+    async def run(
+        self,
+        log_level: int = logging.INFO,
+        run_extra_options: dict[str, Any] | None = None,
+    ) -> None:
+        """Serve HTTP on HTTP_HOST:HTTP_PORT and run the broker."""
+        options = {
+            "host": settings.http_host,
+            "port": settings.http_port,
+            # Probes hit /readyz every few seconds; those lines would drown the rest.
+            "access_log": "false",
+            **(run_extra_options or {}),
+        }
+        await super().run(log_level, options)
+
+
+app = SessionAuditApp(
+    broker,
+    asgi_routes=[
+        ("/healthz", healthz),
+        ("/readyz", readyz),
+        ("/docs/asyncapi.yaml", asyncapi_yaml),
+    ],
+    asyncapi_path=AsyncAPIRoute("/docs/asyncapi", try_it_out_path=None),
+    specification=specification,
+    on_startup=[check_schema],
+    after_shutdown=[dispose_engine],
+)

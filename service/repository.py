@@ -1,0 +1,168 @@
+"""Every SQL statement of the service; one transaction per batch."""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from service.events import SessionEndEvent
+
+ACTION = "ssh_session_end"
+RESOURCE_TYPE = "device"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+# One statement for the whole batch: the arrays travel in one round trip, and the
+# unique idempotency key turns redeliveries and repeated end events into no-ops.
+_INSERT = sa.text(
+    """
+    INSERT INTO audit_logs (tenant_id, user_id, action, resource_type, resource_id,
+                            device_id, details, ip_address, created_at, occurred_at,
+                            idempotency_key)
+    SELECT e.tenant_id, e.user_id, :action, :resource_type, e.device_id::text,
+           e.device_id, e.details, e.ip_address, e.end_time, e.end_time, e.key
+    FROM unnest(CAST(:tenant_ids AS uuid[]), CAST(:user_ids AS uuid[]),
+                CAST(:device_ids AS uuid[]), CAST(:details AS jsonb[]),
+                CAST(:ips AS inet[]), CAST(:end_times AS timestamptz[]),
+                CAST(:keys AS text[]))
+         AS e(tenant_id, user_id, device_id, details, ip_address, end_time, key)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING idempotency_key
+    """
+)
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not take the batch now; retrying later may succeed."""
+
+
+@dataclass
+class InsertResult:
+    """What became of a batch: rows written, duplicates skipped, rows the database refused."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An asyncpg engine whose pool survives database restarts."""
+    # pre-ping replaces connections that died with a restarted server before use;
+    # the timeouts keep a hung database well inside the consumer's ack wait.
+    return create_async_engine(
+        url,
+        pool_size=4,
+        max_overflow=4,
+        pool_pre_ping=True,
+        connect_args={"timeout": 5, "command_timeout": 30},
+    )
+
+
+def idempotency_key(event: SessionEndEvent) -> str:
+    """The key that makes one session one row."""
+    return f"{ACTION}:{event.session_id}"
+
+
+def _params(events: Sequence[SessionEndEvent]) -> dict[str, object]:
+    return {
+        "action": ACTION,
+        "resource_type": RESOURCE_TYPE,
+        "tenant_ids": [e.tenant_id for e in events],
+        "user_ids": [e.user_id for e in events],
+        "device_ids": [e.device_id for e in events],
+        "details": [json.dumps(_details(e), separators=(",", ":")) for e in events],
+        "ips": [e.ip_address for e in events],
+        "end_times": [e.end_time for e in events],
+        "keys": [idempotency_key(e) for e in events],
+    }
+
+
+def _details(event: SessionEndEvent) -> dict[str, object]:
+    return {
+        "session_id": str(event.session_id),
+        "start_time": event.start_time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "end_time": event.end_time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "duration_seconds": event.duration_seconds,
+        "source_ip": event.source_ip,
+        "reason": event.reason,
+    }
+
+
+def _refused_by_data(error: DBAPIError) -> bool:
+    # Classes 22 (data exception) and 23 (integrity violation) depend on the row,
+    # so retrying cannot help; anything else is the database's state, not the row's.
+    sqlstate = getattr(error.orig, "sqlstate", None) or ""
+    return sqlstate[:2] in {"22", "23"}
+
+
+async def insert_session_ends(
+    engine: AsyncEngine, *, events: Sequence[SessionEndEvent]
+) -> InsertResult:
+    """Write one audit row per new session in one transaction; isolate rows the database refuses."""
+    if not events:
+        return InsertResult()
+    try:
+        async with engine.begin() as conn:
+            written = (await conn.execute(_INSERT, _params(events))).scalars().all()
+        return InsertResult(inserted=len(written), duplicates=len(events) - len(written))
+    except DBAPIError as error:
+        if not _refused_by_data(error):
+            raise DatabaseUnavailable(_describe(error)) from error
+    except OSError as error:
+        raise DatabaseUnavailable(str(error)) from error
+    try:
+        async with engine.begin() as conn:
+            return await _insert_one_by_one(conn, events)
+    except (DBAPIError, OSError) as error:
+        raise DatabaseUnavailable(_describe(error)) from error
+
+
+async def _insert_one_by_one(
+    conn: AsyncConnection, events: Sequence[SessionEndEvent]
+) -> InsertResult:
+    result = InsertResult()
+    for position, event in enumerate(events):
+        try:
+            async with conn.begin_nested():
+                written = (await conn.execute(_INSERT, _params([event]))).scalars().all()
+        except DBAPIError as error:
+            if not _refused_by_data(error):
+                raise
+            result.refused[position] = _describe(error)
+            continue
+        result.inserted += len(written)
+        result.duplicates += 1 - len(written)
+    return result
+
+
+def _describe(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    sqlstate = getattr(orig, "sqlstate", None)
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise unless the database answers a trivial query."""
+    async with engine.connect() as conn:
+        await conn.execute(sa.text("SELECT 1"))
+
+
+def head_revision() -> str | None:
+    """The newest migration revision shipped with this code."""
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    """The migration revision the database is at, or None if it was never migrated."""
+    async with engine.connect() as conn:
+        exists = await conn.scalar(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+        if not exists:
+            return None
+        revision = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+        return str(revision) if revision is not None else None
