@@ -13,10 +13,16 @@ from service.config import get_settings
 target_metadata = SQLModel.metadata
 
 
+def _database_url() -> str:
+    # Callers that migrate a database of their own (tests, `make run`) pass its URL in.
+    url = context.config.attributes.get("database_url")
+    return str(url) if url else get_settings().database_url
+
+
 def run_migrations_offline() -> None:
     """Emit SQL to stdout instead of running it (`alembic upgrade head --sql`)."""
     context.configure(
-        url=get_settings().database_url,
+        url=_database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
@@ -33,7 +39,7 @@ def _run(connection: Connection) -> None:
 
 async def run_migrations_online() -> None:
     """Run the migrations on a connection of the service's own driver."""
-    engine = create_async_engine(get_settings().database_url)
+    engine = create_async_engine(_database_url())
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

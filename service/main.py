@@ -119,7 +119,10 @@ class SessionAuditApp(AsgiFastStream):
         log_level: int = logging.INFO,
         run_extra_options: dict[str, Any] | None = None,
     ) -> None:
-        """Serve HTTP on HTTP_HOST:HTTP_PORT and run the broker."""
+        """Check the schema, then serve HTTP on HTTP_HOST:HTTP_PORT and run the broker."""
+        # Checked here too, before the server starts, so that a wrong schema ends the
+        # process with its one line rather than inside the ASGI lifespan's traceback.
+        await check_schema()
         options = {
             "host": settings.http_host,
             "port": settings.http_port,

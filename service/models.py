@@ -54,6 +54,4 @@ class AuditLog(SQLModel, table=True):
     )
     # One row per event source: redeliveries and repeated end events of one
     # session meet this key and are skipped. NULL for rows written by others.
-    idempotency_key: str | None = Field(
-        default=None, sa_column=sa.Column(sa.String(255))
-    )
+    idempotency_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(255)))

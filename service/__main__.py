@@ -1,0 +1,57 @@
+"""Command line of session-audit: `python -m service --help`."""
+
+import argparse
+import asyncio
+import sys
+import time
+
+import nats
+
+from service.config import get_settings, redact
+from service.dev.sample import sample_messages
+
+
+async def publish_sample(nats_url: str, *, count: int, poison: bool) -> int:
+    """Publish sample events with JetStream acks, showing progress; returns how many."""
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    js = nc.jetstream()
+    messages = list(sample_messages(count, seed=int(time.time()), poison=poison))
+    step = max(1, len(messages) // 10)
+    try:
+        for done, (subject, payload) in enumerate(messages, start=1):
+            await js.publish(subject, payload)
+            if done % step == 0 or done == len(messages):
+                print(f"\rpublished {done}/{len(messages)}", end="", file=sys.stderr, flush=True)
+    finally:
+        print(file=sys.stderr)
+        await nc.close()
+    return len(messages)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command."""
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    sample = commands.add_parser(
+        "publish-sample",
+        help="publish realistic session-end events to NATS_URL",
+        description=(
+            "Publish COUNT sessions' end events as the SSH relay does; every tenth session "
+            "ends by idle timeout and sends two events (one row is expected for it)."
+        ),
+    )
+    sample.add_argument("--count", type=int, default=20, help="sessions to end (default 20)")
+    sample.add_argument(
+        "--poison", action="store_true", help="also publish 4 invalid messages (dead letters)"
+    )
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    if args.command == "publish-sample":
+        sent = asyncio.run(publish_sample(settings.nats_url, count=args.count, poison=args.poison))
+        print(f"{sent} messages published to {redact(settings.nats_url)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Realistic session-end events, as the SSH relay publishes them (CONTRACT.md)."""
+
+import json
+import random
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+
+SUBJECT_PREFIX = "audit.session.end"
+_SOURCES = ["203.0.113.7:51514", "[2001:db8::1]:443", "198.51.100.23", "10.20.30.40:2222", ""]
+_OFFSETS = [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=2))]
+
+
+def _rfc3339(moment: datetime) -> str:
+    # Go's time.RFC3339: whole seconds, "Z" for UTC, else the local offset.
+    text = moment.replace(microsecond=0).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def session_end(
+    rng: random.Random,
+    *,
+    tenant_id: str | None = None,
+    reason: str = "normal",
+    ended: datetime | None = None,
+) -> dict[str, str]:
+    """One event with every field a Go string, as the publisher marshals it."""
+    end = ended or datetime.now(UTC) - timedelta(seconds=rng.randint(0, 600))
+    start = end - timedelta(seconds=rng.randint(1, 4 * 3600))
+    zone = rng.choice(_OFFSETS)
+    return {
+        "session_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "user_id": ""
+        if rng.random() < 0.2
+        else str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "tenant_id": tenant_id or str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "device_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "start_time": _rfc3339(start.astimezone(zone)),
+        "end_time": _rfc3339(end.astimezone(zone)),
+        "source_ip": rng.choice(_SOURCES),
+        "reason": reason,
+    }
+
+
+def encode(event: dict[str, str]) -> tuple[str, bytes]:
+    """(subject, payload) for an event."""
+    return f"{SUBJECT_PREFIX}.{event['session_id']}", json.dumps(event).encode()
+
+
+def sample_messages(
+    count: int, *, seed: int = 0, poison: bool = False
+) -> Iterator[tuple[str, bytes]]:
+    """count sessions; every tenth ends by idle timeout and so sends two events; optional poison."""
+    rng = random.Random(seed)  # noqa: S311 - sample data, not secrets
+    for index in range(count):
+        if index % 10 == 9:
+            event = session_end(rng, reason="idle_timeout")
+            yield encode(event)
+            yield encode(event | {"reason": "normal"})
+        else:
+            yield encode(session_end(rng))
+    if poison:
+        good = session_end(rng)
+        subject, _ = encode(good)
+        yield subject, b"{not json"
+        yield subject, json.dumps(good | {"tenant_id": "not-a-uuid"}).encode()
+        yield subject, json.dumps(good | {"end_time": "2026-03-12 16:07:10"}).encode()
+        yield f"{SUBJECT_PREFIX}.{uuid.uuid4()}", json.dumps(good).encode()

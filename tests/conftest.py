@@ -1,0 +1,151 @@
+"""Real servers for the whole run: nats-server and PostgreSQL on free ports in a temp dir.
+
+They start in pytest_configure, before any test module imports the service, because the
+service reads its settings once at import. With NATS_URL / DATABASE_URL set, the run uses
+those servers instead: a database of its own is created there, and the durable and the
+dead-letter stream carry this run's id, so nothing that is already there is touched.
+"""
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+
+from service.dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from service.dev.stack import ensure_publisher_stream, migrate
+
+RUN_ID = uuid.uuid4().hex[:8]
+_servers = ExitStack()
+_workdir = Path(tempfile.mkdtemp(prefix="session-audit-tests-"))
+_external_nats = False
+_external_database: tuple[str, str] | None = None  # (admin dsn, database name)
+
+
+def _plain_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _create_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the servers (or adopt the ones in the environment) and migrate a fresh database."""
+    global _external_database, _external_nats
+    nats_url = os.environ.get("NATS_URL")
+    _external_nats = bool(nats_url)
+    if not nats_url:
+        nats_url = _servers.enter_context(EmbeddedNats(_workdir / "nats")).url
+    database_url = os.environ.get("DATABASE_URL")
+    name = f"session_audit_test_{RUN_ID}"
+    if database_url:
+        admin = _plain_dsn(database_url)
+        asyncio.run(_create_database(admin, name))
+        _external_database = (admin, name)
+        database_url = re.sub(r"/[^/?]*(\?|$)", f"/{name}\\1", database_url.split("://", 1)[1])
+        database_url = "postgresql+asyncpg://" + database_url
+    else:
+        postgres = _servers.enter_context(EmbeddedPostgres(_workdir / "postgres"))
+        postgres.create_database(name)
+        database_url = postgres.url(name)
+    os.environ.update(
+        NATS_URL=nats_url,
+        DATABASE_URL=database_url,
+        STREAM="DEVICE_EVENTS",
+        DURABLE=f"session-audit-test-{RUN_ID}",
+        DLQ_STREAM=f"AUDIT_DLQ_TEST_{RUN_ID}",
+        BATCH_WAIT_MS="20",
+        HTTP_PORT=str(free_port()),
+    )
+    asyncio.run(ensure_publisher_stream(nats_url, "DEVICE_EVENTS"))
+    migrate(database_url)
+
+
+async def _forget_run(nats_url: str) -> None:
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    js = nc.jetstream()
+    try:
+        for delete in (
+            js.delete_consumer("DEVICE_EVENTS", os.environ["DURABLE"]),
+            js.delete_stream(os.environ["DLQ_STREAM"]),
+        ):
+            try:
+                await delete
+            except NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+async def _drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the servers this run started; clean up what it made on servers it was given."""
+    try:
+        if _external_nats:
+            asyncio.run(_forget_run(os.environ["NATS_URL"]))
+        if _external_database is not None:
+            asyncio.run(_drop_database(*_external_database))
+    finally:
+        _servers.close()
+        shutil.rmtree(_workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Path:
+    """A temp dir of this run, removed at its end."""
+    return _workdir
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """URL of the NATS server of this run."""
+    return os.environ["NATS_URL"]
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """URL of this run's migrated database."""
+    return os.environ["DATABASE_URL"]
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to this run's database, with audit_logs emptied first."""
+    conn = await asyncpg.connect(_plain_dsn(database_url))
+    await conn.execute("TRUNCATE audit_logs")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def js(nats_url: str) -> AsyncIterator[Any]:
+    """A JetStream context on this run's NATS server."""
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
