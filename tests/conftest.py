@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +84,8 @@ async def _forget_run(nats_url: str) -> None:
             js.delete_consumer("DEVICE_EVENTS", os.environ["DURABLE"]),
             js.delete_stream(os.environ["DLQ_STREAM"]),
         ):
-            try:
+            with suppress(NotFoundError):
                 await delete
-            except NotFoundError:
-                pass
     finally:
         await nc.close()
 

@@ -1,4 +1,4 @@
-"""`make run`: the service on embedded NATS and PostgreSQL, unless NATS_URL / DATABASE_URL are set."""
+"""`make run`: the service on embedded NATS and PostgreSQL unless NATS_URL/DATABASE_URL are set."""
 
 import argparse
 import os

@@ -11,6 +11,10 @@ _SOURCES = ["203.0.113.7:51514", "[2001:db8::1]:443", "198.51.100.23", "10.20.30
 _OFFSETS = [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=2))]
 
 
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
 def _rfc3339(moment: datetime) -> str:
     # Go's time.RFC3339: whole seconds, "Z" for UTC, else the local offset.
     text = moment.replace(microsecond=0).isoformat()
@@ -29,12 +33,10 @@ def session_end(
     start = end - timedelta(seconds=rng.randint(1, 4 * 3600))
     zone = rng.choice(_OFFSETS)
     return {
-        "session_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "user_id": ""
-        if rng.random() < 0.2
-        else str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "tenant_id": tenant_id or str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "device_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "session_id": _uuid(rng),
+        "user_id": "" if rng.random() < 0.2 else _uuid(rng),
+        "tenant_id": tenant_id or _uuid(rng),
+        "device_id": _uuid(rng),
         "start_time": _rfc3339(start.astimezone(zone)),
         "end_time": _rfc3339(end.astimezone(zone)),
         "source_ip": rng.choice(_SOURCES),
