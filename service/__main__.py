@@ -8,11 +8,15 @@ import time
 import nats
 
 from service.config import get_settings, redact
-from service.dev.sample import sample_messages
+from service.dev.publisher import ensure_publisher_stream, sample_messages
 
 
-async def publish_sample(nats_url: str, *, count: int, poison: bool) -> int:
+async def publish_sample(
+    nats_url: str, *, count: int, poison: bool, create_stream: str | None
+) -> int:
     """Publish sample events with JetStream acks, showing progress; returns how many."""
+    if create_stream and await ensure_publisher_stream(nats_url, create_stream):
+        print(f"created stream {create_stream} with the publisher's config", file=sys.stderr)
     nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
     js = nc.jetstream()
     messages = list(sample_messages(count, seed=int(time.time()), poison=poison))
@@ -21,9 +25,8 @@ async def publish_sample(nats_url: str, *, count: int, poison: bool) -> int:
         for done, (subject, payload) in enumerate(messages, start=1):
             await js.publish(subject, payload)
             if done % step == 0 or done == len(messages):
-                print(f"\rpublished {done}/{len(messages)}", end="", file=sys.stderr, flush=True)
+                print(f"published {done}/{len(messages)}", file=sys.stderr, flush=True)
     finally:
-        print(file=sys.stderr)
         await nc.close()
     return len(messages)
 
@@ -44,11 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument(
         "--poison", action="store_true", help="also publish 4 invalid messages (dead letters)"
     )
+    sample.add_argument(
+        "--create-stream",
+        action="store_true",
+        help="create STREAM with the publisher's config first if it is absent (dev only)",
+    )
     args = parser.parse_args(argv)
 
     settings = get_settings()
     if args.command == "publish-sample":
-        sent = asyncio.run(publish_sample(settings.nats_url, count=args.count, poison=args.poison))
+        sent = asyncio.run(
+            publish_sample(
+                settings.nats_url,
+                count=args.count,
+                poison=args.poison,
+                create_stream=settings.stream if args.create_stream else None,
+            )
+        )
         print(f"{sent} messages published to {redact(settings.nats_url)}")
     return 0
 

@@ -23,7 +23,8 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from service.dev.stack import ensure_publisher_stream, migrate
+from service.dev.publisher import ensure_publisher_stream
+from service.dev.stack import migrate
 
 RUN_ID = uuid.uuid4().hex[:8]
 _servers = ExitStack()

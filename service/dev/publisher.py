@@ -1,10 +1,59 @@
-"""Realistic session-end events, as the SSH relay publishes them (CONTRACT.md)."""
+"""The SSH relay's side, for local runs and tests: its stream and realistic events (CONTRACT.md)."""
 
 import json
 import random
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+
+import nats
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+# The publisher's own stream config (CONTRACT.md); created here only for local runs,
+# where no publisher has created it. The service itself never creates or changes it.
+PUBLISHER_SUBJECTS = [
+    "device.status.>",
+    "device.metrics.>",
+    "device.interfaces.>",
+    "device.firmware.>",
+    "device.credential_changed.>",
+    "config.changed.>",
+    "config.snapshot.>",
+    "config.push.rollback.>",
+    "config.push.alert.>",
+    "audit.session.end.>",
+]
+
+
+def publisher_stream_config(name: str) -> api.StreamConfig:
+    """DEVICE_EVENTS as the SSH relay creates it: 24 h, 64 MiB, discard old, file, 1 replica."""
+    return api.StreamConfig(
+        name=name,
+        subjects=PUBLISHER_SUBJECTS,
+        retention=api.RetentionPolicy.LIMITS,
+        max_age=24 * 3600,
+        max_bytes=64 * 1024 * 1024,
+        discard=api.DiscardPolicy.OLD,
+        storage=api.StorageType.FILE,
+        num_replicas=1,
+    )
+
+
+async def ensure_publisher_stream(nats_url: str, name: str) -> bool:
+    """Create the publisher's stream if absent; True if it was created."""
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(publisher_stream_config(name))
+            return True
+        return False
+    finally:
+        await nc.close()
+
 
 SUBJECT_PREFIX = "audit.session.end"
 _SOURCES = ["203.0.113.7:51514", "[2001:db8::1]:443", "198.51.100.23", "10.20.30.40:2222", ""]
