@@ -2,7 +2,7 @@
 
 import re
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the HTTP endpoints listen on.")
     http_port: int = Field(8000, ge=1, le=65_535, description="Port of the HTTP endpoints.")
     log_level: str = Field("INFO", description="Logging level of the service.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: plain lines; json: one JSON object per line."
+    )
     graceful_timeout_s: float = Field(
         15.0, gt=0, le=600, description="Longest wait for in-flight batches on shutdown."
     )

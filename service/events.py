@@ -42,6 +42,13 @@ def _empty_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
+def _raw_source(value: Any) -> Any:
+    if value is None:
+        return ""
+    # jsonb cannot hold U+0000; everything else of the raw value is kept as sent.
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
 def _reason_token(value: Any) -> Any:
     if value is None or value == "":
         return None
@@ -95,11 +102,11 @@ class SessionEndEvent(BaseModel):
         description="Session end, RFC 3339 with an offset; not before start_time.",
         examples=[_EXAMPLE["end_time"], "2026-03-12T21:42:55Z"],
     )
-    source_ip: Annotated[str, Field(max_length=255)] = Field(
+    source_ip: Annotated[str, BeforeValidator(_raw_source)] = Field(
         "",
         description=(
             "Client address: ip, ip:port or [ipv6]:port. The bare address is stored; "
-            "a value that is no address is kept as sent and does not block the row."
+            "a value that is no address (or null) is kept as sent and does not block the row."
         ),
         examples=[_EXAMPLE["source_ip"], "[2001:db8::1]:443", "198.51.100.23"],
     )

@@ -13,9 +13,19 @@ from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import WithJsonSchema
 
+from service import metrics
+from service.broker import PipelinedBatchPull
 from service.config import get_settings
 from service.db import get_engine
-from service.dlq import dead_letter_headers, dlq_subject, stream_position
+from service.dlq import (
+    DETAIL,
+    ORIGINAL_SEQUENCE,
+    ORIGINAL_SUBJECT,
+    REASON,
+    dead_letter_headers,
+    dlq_subject,
+    stream_position,
+)
 from service.events import Refusal, Rejected, SessionEndEvent, parse_session_end
 from service.repository import DatabaseUnavailable, insert_session_ends
 
@@ -69,10 +79,12 @@ session_ends = router.subscriber(
 )
 
 
-SessionEndBatch = Annotated[
-    list[bytes],
-    WithJsonSchema({"type": "array", "items": SessionEndEvent.model_json_schema()}),
-]
+# The handler takes the batch's raw bodies (parsing is per message, see _raw_bodies);
+# integration teams need the schema of one message, which is one event.
+# The pull loop under the declarative subscriber; see PipelinedBatchPull for why.
+session_ends.__class__ = PipelinedBatchPull
+
+SessionEndBatch = Annotated[list[bytes], WithJsonSchema(SessionEndEvent.model_json_schema())]
 
 
 @session_ends
@@ -85,6 +97,7 @@ async def on_session_end(bodies: SessionEndBatch, message: NatsMessage) -> None:
 
 async def handle_batch(msgs: Sequence[Msg]) -> None:
     """Validate, write in one transaction, dead-letter the rest, then settle each message."""
+    metrics.batch_size.observe(len(msgs))
     events: list[SessionEndEvent] = []
     event_msgs: list[Msg] = []
     rejected: list[tuple[Msg, Rejected]] = []
@@ -96,12 +109,35 @@ async def handle_batch(msgs: Sequence[Msg]) -> None:
             events.append(outcome)
             event_msgs.append(msg)
 
+    async with write_turn:
+        await _write_and_settle(msgs, events, event_msgs, rejected)
+
+
+# Batches are parsed concurrently (see PipelinedBatchPull) but written one at a time, in
+# the order they were fetched: asyncio.Lock wakes its waiters first come, first served.
+write_turn = asyncio.Lock()
+
+
+async def _write_and_settle(
+    msgs: Sequence[Msg],
+    events: list[SessionEndEvent],
+    event_msgs: list[Msg],
+    rejected: list[tuple[Msg, Rejected]],
+) -> None:
     committed: list[Msg] = []
     retry: list[Msg] = []
     try:
-        result = await insert_session_ends(get_engine(), events=events)
+        with metrics.commit_seconds.time():
+            result = await insert_session_ends(get_engine(), events=events)
     except DatabaseUnavailable as error:
-        logger.error("database unavailable, %d events will be retried: %s", len(events), error)
+        metrics.database_errors.labels(error.kind).inc()
+        metrics.retries.labels("database_unavailable").inc(len(event_msgs))
+        logger.error(
+            "database unavailable, %d events will be retried: %s",
+            len(event_msgs),
+            error,
+            extra={"batch_size": len(msgs), "error": error.kind},
+        )
         retry = event_msgs
     else:
         for position, msg in enumerate(event_msgs):
@@ -110,19 +146,18 @@ async def handle_batch(msgs: Sequence[Msg]) -> None:
                 rejected.append((msg, Rejected(Refusal.DATABASE_REFUSED, detail)))
             else:
                 committed.append(msg)
-        logger.debug(
-            "batch of %d: %d rows written, %d duplicates skipped, %d dead-lettered",
-            len(msgs),
-            result.inserted,
-            result.duplicates,
-            len(rejected),
-        )
+        metrics.rows_inserted.inc(result.inserted)
+        metrics.duplicates_skipped.inc(result.duplicates)
+        if events:
+            metrics.committed_end_time(max(e.end_time for e in events).timestamp())
 
     stored = await asyncio.gather(*(dead_letter(msg, why) for msg, why in rejected))
+    failed = [msg for (msg, _), ok in zip(rejected, stored, strict=True) if not ok]
+    metrics.retries.labels("dead_letter_unavailable").inc(len(failed))
     await settle(
         committed=committed,
         dead_lettered=[msg for (msg, _), ok in zip(rejected, stored, strict=True) if ok],
-        retry=retry + [msg for (msg, _), ok in zip(rejected, stored, strict=True) if not ok],
+        retry=retry + failed,
     )
 
 
@@ -155,9 +190,22 @@ async def dead_letter(msg: Msg, rejected: Rejected) -> bool:
             timeout=5.0,
         )
     except Exception as error:  # any failure here means: keep the message, retry later
-        logger.error("could not dead-letter %s (%s): %s", msg.subject, rejected.reason, error)
+        logger.error(
+            "could not dead-letter %s, will retry: %s",
+            msg.subject,
+            error,
+            extra=_context(headers) | {"error": type(error).__name__},
+        )
         return False
-    logger.warning(
-        "dead-lettered %s: %s: %s", msg.subject, rejected.reason.value, headers["Audit-Dlq-Detail"]
-    )
+    metrics.dead_letters.labels(rejected.reason.value).inc()
+    logger.warning("dead-lettered %s: %s", msg.subject, headers[DETAIL], extra=_context(headers))
     return True
+
+
+def _context(headers: dict[str, str]) -> dict[str, str | None]:
+    return {
+        "subject": headers[ORIGINAL_SUBJECT],
+        "stream_sequence": headers.get(ORIGINAL_SEQUENCE),
+        "session_id": headers[ORIGINAL_SUBJECT].rsplit(".", 1)[-1][:64],
+        "reason": headers[REASON],
+    }

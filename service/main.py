@@ -8,8 +8,9 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, AsyncAPIRoute, get
 from faststream.asgi.response import JSONResponse
 from faststream.asgi.types import Scope
 from faststream.specification import AsyncAPI
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import __version__
+from service import __version__, logs, metrics
 from service.broker import SessionAuditBroker
 from service.config import get_settings, redact
 from service.db import get_engine
@@ -17,10 +18,7 @@ from service.handlers import router, session_ends
 from service.repository import head_revision, ping, schema_revision
 
 settings = get_settings()
-logging.basicConfig(
-    level=settings.log_level,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-)
+logs.configure(settings.log_level, settings.log_format)
 logger = logging.getLogger("service")
 
 broker = SessionAuditBroker(
@@ -32,6 +30,8 @@ broker = SessionAuditBroker(
     reconnect_time_wait=2,
     # FastStream logs every message at INFO by default; a batch is one line at DEBUG.
     log_level=logging.DEBUG,
+    logger=logging.getLogger("faststream.broker"),
+    middlewares=[metrics.faststream_middleware()],
 )
 broker.include_router(router)
 
@@ -84,6 +84,21 @@ async def readyz(scope: Scope) -> AsgiResponse:
     return JSONResponse(body, 200 if ready else 503)
 
 
+@get(include_in_schema=False)
+async def prometheus_metrics(scope: Scope) -> AsgiResponse:
+    """Prometheus metrics, with the consumer's lag read from JetStream now."""
+    pending = ack_pending = None
+    if session_ends.subscription is not None:
+        try:
+            info = await asyncio.wait_for(session_ends.subscription.consumer_info(), 1.0)
+        except Exception:  # lag is unknown this scrape; the rest is still worth serving
+            logger.debug("consumer info unavailable for /metrics", exc_info=True)
+        else:
+            pending, ack_pending = info.num_pending, info.num_ack_pending
+    body = metrics.render(pending, ack_pending)
+    return AsgiResponse(body, 200, {"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def _database_answers() -> bool:
     try:
         await asyncio.wait_for(ping(get_engine()), timeout=2.0)
@@ -128,6 +143,8 @@ class SessionAuditApp(AsgiFastStream):
             "port": settings.http_port,
             # Probes hit /readyz every few seconds; those lines would drown the rest.
             "access_log": "false",
+            # uvicorn keeps its own handlers unless told not to; ours format every line.
+            "log_config": None,
             **(run_extra_options or {}),
         }
         await super().run(log_level, options)
@@ -138,10 +155,12 @@ app = SessionAuditApp(
     asgi_routes=[
         ("/healthz", healthz),
         ("/readyz", readyz),
+        ("/metrics", prometheus_metrics),
         ("/docs/asyncapi.yaml", asyncapi_yaml),
     ],
     asyncapi_path=AsyncAPIRoute("/docs/asyncapi", try_it_out_path=None),
     specification=specification,
+    logger=logging.getLogger("faststream.app"),
     on_startup=[check_schema],
     after_shutdown=[dispose_engine],
 )

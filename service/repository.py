@@ -1,9 +1,7 @@
 """Every SQL statement of the service; one transaction per batch."""
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -17,28 +15,55 @@ ACTION = "ssh_session_end"
 RESOURCE_TYPE = "device"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
-# One statement for the whole batch: the arrays travel in one round trip, and the
+# One statement for the whole batch: the arrays travel in one round trip, the row and
+# its details are built by PostgreSQL (on its own core, not the consumer's), and the
 # unique idempotency key turns redeliveries and repeated end events into no-ops.
 _INSERT = sa.text(
     """
-    INSERT INTO audit_logs (tenant_id, user_id, action, resource_type, resource_id,
-                            device_id, details, ip_address, created_at, occurred_at,
-                            idempotency_key)
-    SELECT e.tenant_id, e.user_id, :action, :resource_type, e.device_id::text,
-           e.device_id, e.details, e.ip_address, e.end_time, e.end_time, e.key
-    FROM unnest(CAST(:tenant_ids AS uuid[]), CAST(:user_ids AS uuid[]),
-                CAST(:device_ids AS uuid[]), CAST(:details AS jsonb[]),
-                CAST(:ips AS inet[]), CAST(:end_times AS timestamptz[]),
-                CAST(:keys AS text[]))
-         AS e(tenant_id, user_id, device_id, details, ip_address, end_time, key)
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING idempotency_key
+    WITH written AS (
+        INSERT INTO audit_logs (tenant_id, user_id, action, resource_type, resource_id,
+                                device_id, details, ip_address, created_at, occurred_at,
+                                idempotency_key)
+        SELECT e.tenant_id, e.user_id, CAST(:action AS text), :resource_type, e.device_id::text,
+               e.device_id,
+               jsonb_build_object(
+                   'session_id', e.session_id,
+                   'start_time', replace(to_char(e.start_time AT TIME ZONE 'UTC',
+                                                 :time_format), '.000000Z', 'Z'),
+                   'end_time', replace(to_char(e.end_time AT TIME ZONE 'UTC',
+                                               :time_format), '.000000Z', 'Z'),
+                   'duration_seconds',
+                       floor(extract(epoch FROM e.end_time - e.start_time))::bigint,
+                   'source_ip', e.source_ip,
+                   'reason', e.reason),
+               e.ip_address, e.end_time, e.end_time, :action || ':' || e.session_id
+        FROM unnest(CAST(:session_ids AS uuid[]), CAST(:tenant_ids AS uuid[]),
+                    CAST(:user_ids AS uuid[]), CAST(:device_ids AS uuid[]),
+                    CAST(:start_times AS timestamptz[]), CAST(:end_times AS timestamptz[]),
+                    CAST(:source_ips AS text[]), CAST(:ips AS inet[]),
+                    CAST(:reasons AS text[]))
+             AS e(session_id, tenant_id, user_id, device_id, start_time, end_time,
+                  source_ip, ip_address, reason)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) FROM written
     """
 )
+# RFC 3339 in UTC; a zero fraction is dropped in the statement (the relay sends whole
+# seconds), so details read like the relay's own times.
+_TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 
 class DatabaseUnavailable(Exception):
     """The database could not take the batch now; retrying later may succeed."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(_describe(error))
+        orig = getattr(error, "orig", None) or error
+        sqlstate = getattr(orig, "sqlstate", None)
+        # A bounded label: the SQLSTATE class, or the exception type for network errors.
+        self.kind = f"sqlstate_{sqlstate[:2]}" if sqlstate else type(orig).__name__
 
 
 @dataclass
@@ -72,24 +97,16 @@ def _params(events: Sequence[SessionEndEvent]) -> dict[str, object]:
     return {
         "action": ACTION,
         "resource_type": RESOURCE_TYPE,
+        "time_format": _TIME_FORMAT,
+        "session_ids": [e.session_id for e in events],
         "tenant_ids": [e.tenant_id for e in events],
         "user_ids": [e.user_id for e in events],
         "device_ids": [e.device_id for e in events],
-        "details": [json.dumps(_details(e), separators=(",", ":")) for e in events],
-        "ips": [e.ip_address for e in events],
+        "start_times": [e.start_time for e in events],
         "end_times": [e.end_time for e in events],
-        "keys": [idempotency_key(e) for e in events],
-    }
-
-
-def _details(event: SessionEndEvent) -> dict[str, object]:
-    return {
-        "session_id": str(event.session_id),
-        "start_time": event.start_time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "end_time": event.end_time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "duration_seconds": event.duration_seconds,
-        "source_ip": event.source_ip,
-        "reason": event.reason,
+        "source_ips": [e.source_ip for e in events],
+        "ips": [e.ip_address for e in events],
+        "reasons": [e.reason for e in events],
     }
 
 
@@ -108,18 +125,18 @@ async def insert_session_ends(
         return InsertResult()
     try:
         async with engine.begin() as conn:
-            written = (await conn.execute(_INSERT, _params(events))).scalars().all()
-        return InsertResult(inserted=len(written), duplicates=len(events) - len(written))
+            written = (await conn.execute(_INSERT, _params(events))).scalar_one()
+        return InsertResult(inserted=written, duplicates=len(events) - written)
     except DBAPIError as error:
         if not _refused_by_data(error):
-            raise DatabaseUnavailable(_describe(error)) from error
+            raise DatabaseUnavailable(error) from error
     except OSError as error:
-        raise DatabaseUnavailable(str(error)) from error
+        raise DatabaseUnavailable(error) from error
     try:
         async with engine.begin() as conn:
             return await _insert_one_by_one(conn, events)
     except (DBAPIError, OSError) as error:
-        raise DatabaseUnavailable(_describe(error)) from error
+        raise DatabaseUnavailable(error) from error
 
 
 async def _insert_one_by_one(
@@ -129,14 +146,14 @@ async def _insert_one_by_one(
     for position, event in enumerate(events):
         try:
             async with conn.begin_nested():
-                written = (await conn.execute(_INSERT, _params([event]))).scalars().all()
+                written = (await conn.execute(_INSERT, _params([event]))).scalar_one()
         except DBAPIError as error:
             if not _refused_by_data(error):
                 raise
             result.refused[position] = _describe(error)
             continue
-        result.inserted += len(written)
-        result.duplicates += 1 - len(written)
+        result.inserted += written
+        result.duplicates += 1 - written
     return result
 
 

@@ -22,7 +22,7 @@ def test_running_service_is_ready_and_documents_its_channel(tmp_path: Path) -> N
         assert "audit.session.end.{session_id}" in spec["channels"]
         schemas = spec["components"]["schemas"]
         payload = next(s for name, s in schemas.items() if name.startswith("audit.session.end"))
-        fields = payload["items"]["properties"]
+        fields = payload["properties"]
         assert set(fields) == {
             "session_id", "user_id", "tenant_id", "device_id",
             "start_time", "end_time", "source_ip", "reason",
