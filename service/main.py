@@ -4,7 +4,7 @@ import asyncio
 import logging
 from typing import Any
 
-from faststream.asgi import AsgiFastStream, AsgiResponse, AsyncAPIRoute, get
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.response import JSONResponse
 from faststream.asgi.types import Scope
 from faststream.specification import AsyncAPI
@@ -14,6 +14,7 @@ from service import __version__, logs, metrics
 from service.broker import SessionAuditBroker
 from service.config import get_settings, redact
 from service.db import get_engine
+from service.docs import asyncapi_routes
 from service.handlers import router, session_ends
 from service.repository import head_revision, ping, schema_revision
 
@@ -119,13 +120,6 @@ specification = AsyncAPI(
 )
 
 
-@get(include_in_schema=False)
-async def asyncapi_yaml(scope: Scope) -> AsgiResponse:
-    """The AsyncAPI document as YAML."""
-    document = specification.to_specification().to_yaml()
-    return AsgiResponse(document.encode(), 200, {"Content-Type": "application/yaml"})
-
-
 class SessionAuditApp(AsgiFastStream):
     """The ASGI app, listening where the settings say unless the command line overrides it."""
 
@@ -156,9 +150,8 @@ app = SessionAuditApp(
         ("/healthz", healthz),
         ("/readyz", readyz),
         ("/metrics", prometheus_metrics),
-        ("/docs/asyncapi.yaml", asyncapi_yaml),
+        *asyncapi_routes(specification),
     ],
-    asyncapi_path=AsyncAPIRoute("/docs/asyncapi", try_it_out_path=None),
     specification=specification,
     logger=logging.getLogger("faststream.app"),
     on_startup=[check_schema],
