@@ -2,9 +2,12 @@
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import asyncpg
+import pytest
 from nats.js import JetStreamContext
 
 from tests.service_process import ServiceProcess, wait_for
@@ -100,3 +103,38 @@ def test_docs_page_loads_its_renderer_from_the_service_not_a_cdn(tmp_path: Path)
     assert "AsyncApiStandalone" in script.text
     assert style.status_code == 200
     assert style.headers["content-type"].startswith("text/css")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_docs_page_renders_channel_and_schema_in_a_browser_with_the_network_closed(
+    tmp_path: Path,
+) -> None:
+    assert CHROMIUM is not None
+    with ServiceProcess(tmp_path / "service.log", DURABLE=f"browser-{tmp_path.name}") as service:
+        service.wait_ready()
+        command = [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-sync",
+            "--disable-component-update", f"--user-data-dir={tmp_path / 'chromium'}",
+            # Every host name fails to resolve: only the service itself can answer.
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            "--virtual-time-budget=15000", "--dump-dom", service.base_url + "/docs/asyncapi",
+        ]  # fmt: skip
+        dom = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+
+    # What the renderer drew into its div, not the schema in the script that feeds it.
+    rendered = dom.split('<div id="asyncapi">', 1)[1].split("<script", 1)[0]
+    assert 'class="aui-root"' in rendered
+    assert "audit.session.end.{session_id}" in rendered
+    assert "audit.dlq.session.end.{session_id}" in rendered
+    assert "An SSH session through the relay has ended." in rendered
+    assert all(field in rendered for field in ('"session_id"', '"source_ip"', '"end_time"'))
