@@ -117,6 +117,11 @@ def redact(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
+def without_credentials(url: str) -> str:
+    """The URL without its user:password@ part."""
+    return re.sub(r"(?<=://)[^/@]*@", "", url)
+
+
 def describe(error: ValidationError) -> str:
     """One line naming each bad variable as it is set in the environment."""
     problems = []

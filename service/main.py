@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import __version__, logs, metrics
 from service.broker import SessionAuditBroker
-from service.config import get_settings, redact
+from service.config import get_settings, redact, without_credentials
 from service.db import get_engine
 from service.docs import asyncapi_routes
 from service.handlers import router, session_ends
@@ -22,9 +22,12 @@ settings = get_settings()
 logs.configure(settings.log_level, settings.log_format)
 logger = logging.getLogger("service")
 
+servers = [server.strip() for server in settings.nats_url.split(",")]
 broker = SessionAuditBroker(
     settings,
-    servers=[server.strip() for server in settings.nats_url.split(",")],
+    servers=servers,
+    # The AsyncAPI document names the servers; credentials in NATS_URL must not go with them.
+    specification_url=[without_credentials(server) for server in servers],
     # Lets a batch in flight commit and settle before the connection drains on shutdown.
     graceful_timeout=settings.graceful_timeout_s,
     max_reconnect_attempts=-1,

@@ -62,16 +62,25 @@ async def test_metrics_count_rows_and_dead_letters_without_personal_labels(
 
 
 async def test_json_logs_carry_the_dead_letter_fields_and_no_password(
-    tmp_path: Path, database_url: str, js: JetStreamContext
+    tmp_path: Path, database_url: str, nats_url: str, js: JetStreamContext
 ) -> None:
-    # The embedded server trusts every login, so a password in the URL still connects.
+    # The embedded servers trust every login, so passwords in the URLs still connect.
     with_password = database_url.replace("postgres@", "postgres:hunter2-secret@", 1)
+    nats_with_password = nats_url.replace("nats://", "nats://audit:nats-secret@", 1)
     bad = session_end(start_time="2026-03-12T16:07:10")
     log = tmp_path / "service.log"
     with ServiceProcess(
-        log, DURABLE=f"logs-{tmp_path.name}", LOG_FORMAT="json", DATABASE_URL=with_password
+        log,
+        DURABLE=f"logs-{tmp_path.name}",
+        LOG_FORMAT="json",
+        DATABASE_URL=with_password,
+        NATS_URL=nats_with_password,
     ) as service:
         service.wait_ready()
+        exposed = "".join(
+            service.get(path).text
+            for path in ("/readyz", "/healthz", "/metrics", "/docs/asyncapi.json", "/docs/asyncapi")
+        )
         await js.publish(subject_of(bad), wire(bad))
         wait_for(lambda: bad["session_id"] in service.log(), timeout=20, what="the log line")
 
@@ -83,7 +92,9 @@ async def test_json_logs_carry_the_dead_letter_fields_and_no_password(
     assert dead[0]["reason"] == "invalid_field"
     assert dead[0]["subject"] == subject_of(bad)
     assert dead[0]["level"] == "WARNING"
-    assert "hunter2-secret" not in log.read_text()
+    for secret in ("hunter2-secret", "nats-secret"):
+        assert secret not in log.read_text()
+        assert secret not in exposed
 
 
 def test_docs_page_loads_its_renderer_from_the_service_not_a_cdn(tmp_path: Path) -> None:
