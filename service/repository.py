@@ -1,5 +1,6 @@
 """Every SQL statement of the service; one transaction per batch."""
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,3 +184,29 @@ async def schema_revision(engine: AsyncEngine) -> str | None:
             return None
         revision = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
         return str(revision) if revision is not None else None
+
+
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+GROUP_ROLES = {"writer": "audit_writer", "reader": "audit_reader"}
+
+
+async def ensure_login_role(
+    engine: AsyncEngine, *, name: str, password: str | None, group: str
+) -> bool:
+    """Create login role name as a member of audit_writer or audit_reader; False if it exists."""
+    if not _ROLE_NAME.fullmatch(name):
+        msg = f"role name {name!r} must be lower-case letters, digits and _"
+        raise ValueError(msg)
+    async with engine.begin() as conn:
+        if await conn.scalar(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": name}):
+            return False
+        # format() quotes the name and the password server-side; neither is spliced here.
+        statement = await conn.scalar(
+            sa.text(
+                "SELECT format('CREATE ROLE %I LOGIN IN ROLE %I', CAST(:n AS text), "
+                "CAST(:g AS text)) || coalesce(format(' PASSWORD %L', CAST(:p AS text)), '')"
+            ),
+            {"n": name, "g": GROUP_ROLES[group], "p": password},
+        )
+        await conn.exec_driver_sql(str(statement))
+    return True

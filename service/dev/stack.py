@@ -9,13 +9,32 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import make_url
 
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres
 from service.dev.publisher import ensure_publisher_stream
+from service.repository import create_engine, ensure_login_role
 
 logger = logging.getLogger(__name__)
 PROJECT = Path(__file__).resolve().parents[2]
 DATABASE = "session_audit"
+
+
+WRITER = "session_audit"
+
+
+def writer_url(owner_url: str, role: str = WRITER, password: str | None = None) -> str:
+    """Create login role `role` in audit_writer if absent; the URL to connect as it."""
+    async def create() -> None:
+        engine = create_engine(owner_url)
+        try:
+            await ensure_login_role(engine, name=role, password=password, group="writer")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(create())
+    url = make_url(owner_url).set(username=role, password=password)
+    return url.render_as_string(hide_password=False)
 
 
 def migrate(database_url: str, revision: str = "head") -> None:
@@ -51,6 +70,9 @@ def local_stack(
         if database_url is None:
             postgres = stack.enter_context(EmbeddedPostgres(data_dir / "postgres"))
             postgres.create_database(DATABASE)
-            database_url = postgres.url(DATABASE)
-        migrate(database_url)
+            migrate(postgres.url(DATABASE))
+            # The service runs as an insert-only login, not as the schema's owner.
+            database_url = writer_url(postgres.url(DATABASE))
+        else:
+            migrate(database_url)
         yield Endpoints(nats_url=nats_url, database_url=database_url)
