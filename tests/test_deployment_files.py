@@ -62,6 +62,7 @@ def test_dockerfile_builds_in_one_stage_and_runs_as_non_root_in_another() -> Non
     assert "uv" not in re.sub(r"\.venv|--from=build", "", final).split()
     assert not re.search(r"apt-get|gcc|build-essential|pip install", final)
     users = re.findall(r"^USER (\S+)", final, flags=re.M)
-    assert users and users[-1] not in {"root", "0"}
+    assert users
+    assert users[-1] not in {"root", "0"}
     assert 'CMD ["faststream", "run", "service.main:app"]' in final
     assert "/readyz" in final
