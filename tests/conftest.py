@@ -8,7 +8,6 @@ dead-letter stream carry this run's id, so nothing that is already there is touc
 
 import asyncio
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -21,15 +20,18 @@ import asyncpg
 import nats
 import pytest
 from nats.js.errors import NotFoundError
+from sqlalchemy.engine import URL, make_url
 
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from service.dev.publisher import ensure_publisher_stream
-from service.dev.stack import migrate
+from service.dev.stack import migrate, writer_url
 
 RUN_ID = uuid.uuid4().hex[:8]
 _servers = ExitStack()
 _workdir = Path(tempfile.mkdtemp(prefix="session-audit-tests-"))
 _external_nats = False
+_owner_url: URL
+WRITER_ROLE = f"session_audit_test_writer_{RUN_ID}"
 _external_database: tuple[str, str] | None = None  # (admin dsn, database name)
 
 
@@ -52,21 +54,25 @@ def pytest_configure(config: pytest.Config) -> None:
     _external_nats = bool(nats_url)
     if not nats_url:
         nats_url = _servers.enter_context(EmbeddedNats(_workdir / "nats")).url
-    database_url = os.environ.get("DATABASE_URL")
+    global _owner_url
+    given = os.environ.get("DATABASE_URL")
     name = f"session_audit_test_{RUN_ID}"
-    if database_url:
-        admin = _plain_dsn(database_url)
+    if given:
+        admin = _plain_dsn(given)
         asyncio.run(_create_database(admin, name))
         _external_database = (admin, name)
-        database_url = re.sub(r"/[^/?]*(\?|$)", f"/{name}\\1", database_url.split("://", 1)[1])
-        database_url = "postgresql+asyncpg://" + database_url
+        _owner_url = make_url(given).set(drivername="postgresql+asyncpg", database=name)
     else:
         postgres = _servers.enter_context(EmbeddedPostgres(_workdir / "postgres"))
         postgres.create_database(name)
-        database_url = postgres.url(name)
+        _owner_url = make_url(postgres.url(name))
+    owner = _owner_url.render_as_string(hide_password=False)
+    migrate(owner)
+    # The service under test logs in as production's does: an insert-only writer.
+    writer = writer_url(owner, role=WRITER_ROLE, password=uuid.uuid4().hex)
     os.environ.update(
         NATS_URL=nats_url,
-        DATABASE_URL=database_url,
+        DATABASE_URL=writer,
         STREAM="DEVICE_EVENTS",
         DURABLE=f"session-audit-test-{RUN_ID}",
         DLQ_STREAM=f"AUDIT_DLQ_TEST_{RUN_ID}",
@@ -74,7 +80,6 @@ def pytest_configure(config: pytest.Config) -> None:
         HTTP_PORT=str(free_port()),
     )
     asyncio.run(ensure_publisher_stream(nats_url, "DEVICE_EVENTS"))
-    migrate(database_url)
 
 
 async def _forget_run(nats_url: str) -> None:
@@ -95,6 +100,7 @@ async def _drop_database(admin_dsn: str, name: str) -> None:
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'DROP ROLE IF EXISTS "{WRITER_ROLE}"')
     finally:
         await conn.close()
 
@@ -125,13 +131,19 @@ def nats_url() -> str:
 
 @pytest.fixture(scope="session")
 def database_url() -> str:
-    """URL of this run's migrated database."""
+    """URL of this run's migrated database as its owner (who may also create databases)."""
+    return _owner_url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def writer_database_url() -> str:
+    """URL the service under test uses: the insert-only writer login (DATABASE_URL)."""
     return os.environ["DATABASE_URL"]
 
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A plain connection to this run's database, with audit_logs emptied first."""
+    """The owner's connection to this run's database, with audit_logs emptied first."""
     conn = await asyncpg.connect(_plain_dsn(database_url))
     await conn.execute("TRUNCATE audit_logs")
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from nats.js import JetStreamContext
+from sqlalchemy.engine import make_url
 
 from tests.service_process import ServiceProcess, wait_for
 from tests.session_events import session_end, subject_of, wire
@@ -62,10 +63,14 @@ async def test_metrics_count_rows_and_dead_letters_without_personal_labels(
 
 
 async def test_json_logs_carry_the_dead_letter_fields_and_no_password(
-    tmp_path: Path, database_url: str, nats_url: str, js: JetStreamContext
+    tmp_path: Path, writer_database_url: str, nats_url: str, js: JetStreamContext
 ) -> None:
     # The embedded servers trust every login, so passwords in the URLs still connect.
-    with_password = database_url.replace("postgres@", "postgres:hunter2-secret@", 1)
+    with_password = (
+        make_url(writer_database_url)
+        .set(password="hunter2-secret")
+        .render_as_string(hide_password=False)
+    )
     nats_with_password = nats_url.replace("nats://", "nats://audit:nats-secret@", 1)
     bad = session_end(start_time="2026-03-12T16:07:10")
     log = tmp_path / "service.log"
