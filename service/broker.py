@@ -3,10 +3,18 @@
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from typing import Any
 
 from faststream.nats import NatsBroker
+from faststream.nats.security import (
+    NatsCredentials,
+    NatsNKey,
+    NatsSecurity,
+    NatsToken,
+    NatsUserPassword,
+)
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoServersError
@@ -22,6 +30,26 @@ logger = logging.getLogger(__name__)
 
 _MAX_RETRY_DELAY_S = 30.0
 PIPELINE_DEPTH = 2
+
+
+def nats_security(settings: Settings) -> NatsSecurity | None:
+    """Authentication and TLS for the NATS connection, as the settings ask."""
+    tls: ssl.SSLContext | None = None
+    if settings.nats_tls_ca_file is not None:
+        tls = ssl.create_default_context(cafile=str(settings.nats_tls_ca_file))
+        if settings.nats_tls_cert_file is not None and settings.nats_tls_key_file is not None:
+            tls.load_cert_chain(str(settings.nats_tls_cert_file), str(settings.nats_tls_key_file))
+    transport: dict[str, Any] = {"ssl_context": tls, "use_ssl": tls is not None}
+    if settings.nats_user is not None and settings.nats_password is not None:
+        password = settings.nats_password.get_secret_value()
+        return NatsUserPassword(settings.nats_user, password, **transport)
+    if settings.nats_token is not None:
+        return NatsToken(settings.nats_token.get_secret_value(), **transport)
+    if settings.nats_nkey_seed_file is not None:
+        return NatsNKey(settings.nats_nkey_seed_file, **transport)
+    if settings.nats_creds_file is not None:
+        return NatsCredentials.from_file(settings.nats_creds_file, **transport)
+    return NatsSecurity(**transport) if tls is not None else None
 
 
 class SessionAuditBroker(NatsBroker):

@@ -4,7 +4,7 @@ import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -13,15 +13,43 @@ _NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 class Settings(BaseSettings):
     """Everything the service can be told, each from one environment variable."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # An empty variable counts as unset, so .env.example can list every one of them.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_ignore_empty=True, extra="ignore", frozen=True
+    )
 
     nats_url: str = Field(
         "nats://127.0.0.1:4222",
         description="NATS server URL(s), comma-separated for a cluster.",
     )
+    nats_user: str | None = Field(None, description="NATS user, with NATS_PASSWORD.")
+    nats_password: SecretStr | None = Field(None, description="NATS password of NATS_USER.")
+    nats_token: SecretStr | None = Field(None, description="NATS authentication token.")
+    nats_nkey_seed_file: FilePath | None = Field(
+        None, description="File holding the NKey seed (SU…) to authenticate with."
+    )
+    nats_creds_file: FilePath | None = Field(
+        None, description="NATS credentials file (user JWT and NKey seed, from nsc)."
+    )
+    nats_tls_ca_file: FilePath | None = Field(
+        None, description="CA bundle that verifies the NATS server; turns TLS on."
+    )
+    nats_tls_cert_file: FilePath | None = Field(
+        None, description="Client certificate for NATS mutual TLS (with NATS_TLS_KEY_FILE)."
+    )
+    nats_tls_key_file: FilePath | None = Field(
+        None, description="Private key of NATS_TLS_CERT_FILE."
+    )
     database_url: str = Field(
         "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
         description="SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
+    )
+    database_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] = Field(
+        "disable",
+        description="TLS to PostgreSQL: disable, require, verify-ca or verify-full.",
+    )
+    database_ssl_root_cert: FilePath | None = Field(
+        None, description="CA bundle that verifies PostgreSQL (verify-ca, verify-full)."
     )
     stream: Annotated[str, Field(pattern=_NAME_PATTERN)] = Field(
         "DEVICE_EVENTS",
@@ -94,6 +122,29 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         return level
 
+    @model_validator(mode="after")
+    def _one_nats_authentication(self) -> "Settings":
+        chosen = [
+            name
+            for name, value in (
+                ("NATS_USER", self.nats_user),
+                ("NATS_TOKEN", self.nats_token),
+                ("NATS_NKEY_SEED_FILE", self.nats_nkey_seed_file),
+                ("NATS_CREDS_FILE", self.nats_creds_file),
+            )
+            if value is not None
+        ]
+        if len(chosen) > 1:
+            msg = f"choose one NATS authentication, not {' and '.join(chosen)}"
+            raise ValueError(msg)
+        if (self.nats_user is None) != (self.nats_password is None):
+            msg = "NATS_USER and NATS_PASSWORD go together"
+            raise ValueError(msg)
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            msg = "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together"
+            raise ValueError(msg)
+        return self
+
     @property
     def subject(self) -> str:
         """Subject pattern of the session-end events, one token per session."""
@@ -126,9 +177,16 @@ def describe(error: ValidationError) -> str:
     """One line naming each bad variable as it is set in the environment."""
     problems = []
     for item in error.errors():
-        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
-        problems.append(f"{name}: {item['msg']} (got {redact(repr(item['input']))})")
+        if not item["loc"]:  # a rule across settings; its message names them
+            problems.append(item["msg"].removeprefix("Value error, "))
+            continue
+        name = str(item["loc"][0]).upper()
+        shown = "" if name in _SECRETS else f" (got {redact(repr(item['input']))})"
+        problems.append(f"{name}: {item['msg']}{shown}")
     return "configuration error: " + "; ".join(problems)
+
+
+_SECRETS = {"NATS_PASSWORD", "NATS_TOKEN"}
 
 
 @lru_cache(maxsize=1)

@@ -11,4 +11,9 @@ from service.repository import create_engine
 @lru_cache(maxsize=1)
 def get_engine() -> AsyncEngine:
     """The engine for DATABASE_URL, created on first use."""
-    return create_engine(get_settings().database_url)
+    settings = get_settings()
+    return create_engine(
+        settings.database_url,
+        sslmode=settings.database_sslmode,
+        root_cert=settings.database_ssl_root_cert,
+    )

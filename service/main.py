@@ -11,7 +11,7 @@ from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import __version__, logs, metrics
-from service.broker import SessionAuditBroker
+from service.broker import SessionAuditBroker, nats_security
 from service.config import get_settings, redact, without_credentials
 from service.db import get_engine
 from service.docs import asyncapi_routes
@@ -30,6 +30,7 @@ broker = SessionAuditBroker(
     specification_url=[without_credentials(server) for server in servers],
     # Lets a batch in flight commit and settle before the connection drains on shutdown.
     graceful_timeout=settings.graceful_timeout_s,
+    security=nats_security(settings),
     max_reconnect_attempts=-1,
     reconnect_time_wait=2,
     # FastStream logs every message at INFO by default; a batch is one line at DEBUG.

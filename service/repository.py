@@ -1,6 +1,7 @@
 """Every SQL statement of the service; one transaction per batch."""
 
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,22 @@ class InsertResult:
     refused: dict[int, str] = field(default_factory=dict)
 
 
-def create_engine(url: str) -> AsyncEngine:
+def tls_context(sslmode: str, root_cert: Path | None) -> ssl.SSLContext | bool:
+    """asyncpg's `ssl` argument for a libpq-style sslmode."""
+    if sslmode == "disable":
+        return False
+    context = ssl.create_default_context(cafile=str(root_cert) if root_cert else None)
+    if sslmode == "require":  # encrypted, server not verified (libpq's meaning)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif sslmode == "verify-ca":  # the certificate chains to root_cert; any host name
+        context.check_hostname = False
+    return context
+
+
+def create_engine(
+    url: str, *, sslmode: str = "disable", root_cert: Path | None = None
+) -> AsyncEngine:
     """An asyncpg engine whose pool survives database restarts."""
     # pre-ping replaces connections that died with a restarted server before use;
     # the timeouts keep a hung database well inside the consumer's ack wait.
@@ -85,7 +101,11 @@ def create_engine(url: str) -> AsyncEngine:
         pool_size=4,
         max_overflow=4,
         pool_pre_ping=True,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 30,
+            "ssl": tls_context(sslmode, root_cert),
+        },
     )
 
 

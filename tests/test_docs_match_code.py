@@ -20,7 +20,7 @@ def _read(name: str) -> str:
 def test_readme_configuration_table_lists_every_setting_with_its_default() -> None:
     documented = _readme_settings()
     expected = {
-        name.upper(): (str(field.default), field.description)
+        name.upper(): ("" if field.default is None else str(field.default), field.description)
         for name, field in Settings.model_fields.items()
     }
     assert documented == expected
@@ -33,7 +33,8 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
         if line and not line.startswith("#")
     )
     assert pairs == {
-        name.upper(): str(field.default) for name, field in Settings.model_fields.items()
+        name.upper(): "" if field.default is None else str(field.default)
+        for name, field in Settings.model_fields.items()
     }
 
 

@@ -25,6 +25,7 @@ WRITER = "session_audit"
 
 def writer_url(owner_url: str, role: str = WRITER, password: str | None = None) -> str:
     """Create login role `role` in audit_writer if absent; the URL to connect as it."""
+
     async def create() -> None:
         engine = create_engine(owner_url)
         try:
