@@ -46,5 +46,10 @@ migrate: install ## bring the database at DATABASE_URL to the newest schema
 publish-sample: install ## publish realistic session-end events to the running stack (COUNT=20)
 	@$(LOAD_ENDPOINTS); $(BIN)/python -m service publish-sample --count $${COUNT:-20}
 
+docs: install ## write docs/asyncapi.yaml, the AsyncAPI document the service serves
+	@mkdir -p docs
+	env -i PATH="$$PATH" NATS_URL=nats://nats:4222 STREAM=DEVICE_EVENTS DLQ_STREAM=AUDIT_DLQ \
+	  DURABLE=session-audit-writer LOG_LEVEL=WARNING $(BIN)/python -m service.dev.asyncapi docs/asyncapi.yaml
+
 clean: ## remove .venv, .tools and the local data in .data/
 	rm -rf $(VENV) $(TOOLS) .data

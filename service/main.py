@@ -7,14 +7,13 @@ from typing import Any
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.response import JSONResponse
 from faststream.asgi.types import Scope
-from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import __version__, logs, metrics
 from service.broker import SessionAuditBroker, nats_security
 from service.config import get_settings, redact, without_credentials
 from service.db import get_engine
-from service.docs import asyncapi_routes
+from service.docs import SessionAuditAsyncAPI, asyncapi_routes
 from service.handlers import router, session_ends
 from service.repository import head_revision, ping, schema_revision
 
@@ -112,7 +111,7 @@ async def _database_answers() -> bool:
     return True
 
 
-specification = AsyncAPI(
+specification = SessionAuditAsyncAPI(
     broker,
     title="session-audit",
     version=__version__,
