@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 
@@ -9,6 +10,7 @@ import nats
 
 from service.config import get_settings, redact
 from service.dev.publisher import ensure_publisher_stream, sample_messages
+from service.dlq_cli import add_dlq_commands, run_dlq
 
 
 async def publish_sample(
@@ -52,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="create STREAM with the publisher's config first if it is absent (dev only)",
     )
+    add_dlq_commands(commands)
     args = parser.parse_args(argv)
 
     settings = get_settings()
+    if args.command == "dlq":
+        return run_dlq(args, settings)
     if args.command == "publish-sample":
         sent = asyncio.run(
             publish_sample(
@@ -69,4 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        # The reader (head, less) went away early: not a failure worth a traceback, and
+        # stdout must point somewhere harmless for the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

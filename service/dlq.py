@@ -1,6 +1,8 @@
 """Dead letters: where a message that cannot become a row goes, with its reason."""
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
@@ -24,6 +26,41 @@ FAILED_AT = "Audit-Failed-At"
 # dead letter whose term was lost and that fails again is not stored twice.
 MSG_ID = "Nats-Msg-Id"
 DUPLICATE_WINDOW_S = 3600
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A stored dead letter as read back: its place in the DLQ stream, headers and bytes."""
+
+    sequence: int
+    subject: str
+    stored_at: datetime
+    headers: Mapping[str, str]
+    # None when read headers-only (listing a large DLQ without holding every payload).
+    payload: bytes | None = None
+    # When `python -m service dlq replay` last republished it (see service/dlq_tool.py).
+    replayed_at: datetime | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why it was dead-lettered, e.g. invalid_field."""
+        return self.headers.get(REASON, "")
+
+    @property
+    def detail(self) -> str:
+        """Which field failed and why."""
+        return self.headers.get(DETAIL, "")
+
+    @property
+    def original_subject(self) -> str:
+        """The subject the original message was published on."""
+        return self.headers.get(ORIGINAL_SUBJECT, "")
+
+    @property
+    def original_position(self) -> str:
+        """stream:sequence of the original message, or "" when it was no JetStream message."""
+        stream, sequence = self.headers.get(ORIGINAL_STREAM), self.headers.get(ORIGINAL_SEQUENCE)
+        return f"{stream}:{sequence}" if stream and sequence else ""
 
 
 def stream_position(msg: Msg) -> tuple[str, int, int] | None:
