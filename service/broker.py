@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 from collections import deque
 from typing import Any
@@ -20,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from typing_extensions import override
 
 from service.config import Settings, redact
@@ -65,14 +66,28 @@ class SessionAuditBroker(NatsBroker):
         await _retrying("connect to NATS at " + redact(self.settings.nats_url), self.connect)
         js = self.config.connection_state.stream
         await _retrying(f"find stream {self.settings.stream}", lambda: _stream_exists(js, self))
-        await ensure_dlq_stream(
-            js,
-            name=self.settings.dlq_stream,
-            subject_prefix=self.settings.dlq_subject_prefix,
-            max_age_days=self.settings.dlq_max_age_days,
-        )
-        await _warn_on_consumer_drift(js, self.settings)
-        await super().start()
+        dlq = self.settings.dlq_stream
+        try:
+            await _retrying(
+                f"prepare dead-letter stream {dlq}",
+                lambda: ensure_dlq_stream(
+                    js,
+                    name=dlq,
+                    subject_prefix=self.settings.dlq_subject_prefix,
+                    max_age_days=self.settings.dlq_max_age_days,
+                ),
+            )
+        except BadRequestError as error:
+            # Retrying cannot help (e.g. another stream already holds its subjects), and a
+            # process that never binds but answers /healthz would look alive for ever.
+            # Nothing has been fetched yet, so nothing is in flight.
+            logger.critical(
+                "cannot create the dead-letter stream DLQ_STREAM=%s: %s", dlq, error.description
+            )
+            logging.shutdown()
+            os._exit(2)
+        await _retrying("check the durable", lambda: _warn_on_consumer_drift(js, self.settings))
+        await _retrying(f"bind durable {self.settings.durable}", super().start)
 
 
 async def _stream_exists(js: JetStreamContext, broker: SessionAuditBroker) -> None:
@@ -87,6 +102,8 @@ async def _retrying(what: str, attempt: Any) -> None:
     while True:
         try:
             await attempt()
+        except BadRequestError:
+            raise
         except (NotFoundError, NoServersError, NatsError, OSError) as error:
             tries += 1
             level = logging.WARNING if tries == 1 or tries % 10 == 0 else logging.DEBUG

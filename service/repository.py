@@ -131,11 +131,19 @@ def _params(events: Sequence[SessionEndEvent]) -> dict[str, object]:
     }
 
 
+# A deadlock or serialization failure says nothing about the rows: try again at once.
+_RETRY_AT_ONCE = {"40P01", "40001"}
+_CONFLICT_RETRIES = 3
+
+
+def _sqlstate(error: DBAPIError) -> str:
+    return getattr(error.orig, "sqlstate", None) or ""
+
+
 def _refused_by_data(error: DBAPIError) -> bool:
     # Classes 22 (data exception) and 23 (integrity violation) depend on the row,
     # so retrying cannot help; anything else is the database's state, not the row's.
-    sqlstate = getattr(error.orig, "sqlstate", None) or ""
-    return sqlstate[:2] in {"22", "23"}
+    return _sqlstate(error)[:2] in {"22", "23"}
 
 
 async def insert_session_ends(
@@ -144,15 +152,24 @@ async def insert_session_ends(
     """Write one audit row per new session in one transaction; isolate rows the database refuses."""
     if not events:
         return InsertResult()
-    try:
-        async with engine.begin() as conn:
-            written = (await conn.execute(_INSERT, _params(events))).scalar_one()
-        return InsertResult(inserted=written, duplicates=len(events) - written)
-    except DBAPIError as error:
-        if not _refused_by_data(error):
+    # The first event of a session in the batch is the one kept; rows go in key order,
+    # so that replicas writing overlapping batches take their locks in the same order
+    # and do not deadlock.
+    first = {event.session_id: event for event in reversed(events)}
+    ordered = [first[key] for key in sorted(first)]
+    for attempt in range(_CONFLICT_RETRIES):
+        try:
+            async with engine.begin() as conn:
+                written = (await conn.execute(_INSERT, _params(ordered))).scalar_one()
+            return InsertResult(inserted=written, duplicates=len(events) - written)
+        except DBAPIError as error:
+            if _sqlstate(error) in _RETRY_AT_ONCE and attempt + 1 < _CONFLICT_RETRIES:
+                continue
+            if not _refused_by_data(error):
+                raise DatabaseUnavailable(error) from error
+            break
+        except OSError as error:
             raise DatabaseUnavailable(error) from error
-    except OSError as error:
-        raise DatabaseUnavailable(error) from error
     try:
         async with engine.begin() as conn:
             return await _insert_one_by_one(conn, events)

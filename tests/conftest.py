@@ -76,7 +76,6 @@ def pytest_configure(config: pytest.Config) -> None:
         STREAM="DEVICE_EVENTS",
         DURABLE=f"session-audit-test-{RUN_ID}",
         DLQ_STREAM=f"AUDIT_DLQ_TEST_{RUN_ID}",
-        BATCH_WAIT_MS="20",
         HTTP_PORT=str(free_port()),
     )
     asyncio.run(ensure_publisher_stream(nats_url, "DEVICE_EVENTS"))
