@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LOAD_ENDPOINTS := set -a; if [ -z "$${NATS_URL:-}" ] && [ -f .data/endpoints.env ]; then . ./.data/endpoints.env; fi; set +a
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format migrate publish-sample docs bench clean
+.PHONY: help install run test lint format migrate publish-sample bench docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,19 +32,22 @@ test: install ## run every test against real servers the tests start themselves
 	$(BIN)/pytest
 
 lint: install ## ruff and mypy --strict
-	$(BIN)/ruff check service tests migrations
-	$(BIN)/ruff format --check service tests migrations
-	$(BIN)/mypy service
+	$(BIN)/ruff check service tests migrations bench
+	$(BIN)/ruff format --check service tests migrations bench
+	$(BIN)/mypy service bench
 
 format: install ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix service tests migrations
-	$(BIN)/ruff format service tests migrations
+	$(BIN)/ruff check --fix service tests migrations bench
+	$(BIN)/ruff format service tests migrations bench
 
 migrate: install ## bring the database at DATABASE_URL to the newest schema
 	@$(LOAD_ENDPOINTS); $(BIN)/alembic upgrade head
 
 publish-sample: install ## publish realistic session-end events to the running stack (COUNT=20)
 	@$(LOAD_ENDPOINTS); $(BIN)/python -m service publish-sample --count $${COUNT:-20}
+
+bench: install ## measure ceiling, baseline, drain, latency and memory; table + bench-results/latest.json (ARGS=--quick)
+	$(BIN)/python -m bench $(ARGS)
 
 docs: install ## write docs/asyncapi.yaml, the AsyncAPI document the service serves
 	@mkdir -p docs
