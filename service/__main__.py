@@ -7,19 +7,24 @@ import sys
 import time
 
 import nats
+from faststream.nats.security import parse_security
 
-from service.config import get_settings, redact
+from service.broker import nats_security
+from service.config import Settings, get_settings, redact
 from service.dev.publisher import ensure_publisher_stream, sample_messages
 from service.dlq_cli import add_dlq_commands, run_dlq
 
 
 async def publish_sample(
-    nats_url: str, *, count: int, poison: bool, create_stream: str | None
+    settings: Settings, *, count: int, poison: bool, create_stream: str | None
 ) -> int:
     """Publish sample events with JetStream acks, showing progress; returns how many."""
-    if create_stream and await ensure_publisher_stream(nats_url, create_stream):
+    # The publisher's own account: authentication and TLS as the settings give them.
+    options = parse_security(nats_security(settings))
+    url = settings.nats_url
+    if create_stream and await ensure_publisher_stream(url, create_stream, **options):
         print(f"created stream {create_stream} with the publisher's config", file=sys.stderr)
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False, **options)
     js = nc.jetstream()
     messages = list(sample_messages(count, seed=int(time.time()), poison=poison))
     step = max(1, len(messages) // 10)
@@ -63,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "publish-sample":
         sent = asyncio.run(
             publish_sample(
-                settings.nats_url,
+                settings,
                 count=args.count,
                 poison=args.poison,
                 create_stream=settings.stream if args.create_stream else None,

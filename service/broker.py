@@ -53,11 +53,29 @@ def nats_security(settings: Settings) -> NatsSecurity | None:
     return NatsSecurity(**transport) if tls is not None else None
 
 
+class _NatsTrouble:
+    """nats-py's error callback: one line per kind of trouble, again at most every 30 s.
+
+    With unlimited reconnects nats-py retries inside connect() and never raises, so a
+    refused TLS handshake or a server that is down would otherwise go unlogged.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    async def __call__(self, error: Exception) -> None:
+        text = redact(str(error) or type(error).__name__)
+        now = asyncio.get_running_loop().time()
+        if now - self._last.get(text, -_MAX_RETRY_DELAY_S) >= _MAX_RETRY_DELAY_S:
+            self._last[text] = now
+            logger.warning("NATS connection trouble: %s", text)
+
+
 class SessionAuditBroker(NatsBroker):
     """A NatsBroker that never gives up on start-up while NATS or the stream are missing."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(error_cb=_NatsTrouble(), **kwargs)
         self.settings = settings
         self.stream_ready = asyncio.Event()
 

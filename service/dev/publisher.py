@@ -5,6 +5,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import nats
 from nats.js import api
@@ -40,9 +41,9 @@ def publisher_stream_config(name: str) -> api.StreamConfig:
     )
 
 
-async def ensure_publisher_stream(nats_url: str, name: str) -> bool:
+async def ensure_publisher_stream(nats_url: str, name: str, **options: Any) -> bool:
     """Create the publisher's stream if absent; True if it was created."""
-    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False)
+    nc = await nats.connect(nats_url, connect_timeout=5, allow_reconnect=False, **options)
     try:
         js = nc.jetstream()
         try:

@@ -1,0 +1,1 @@
+"""Security and tenancy: each control tested against a real server configured for it."""
