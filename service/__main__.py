@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import getpass
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ from service.broker import nats_security
 from service.config import Settings, get_settings, redact
 from service.dev.publisher import ensure_publisher_stream, sample_messages
 from service.dlq_cli import add_dlq_commands, run_dlq
+from service.repository import create_engine, ensure_login_role
 
 
 async def publish_sample(
@@ -38,6 +40,25 @@ async def publish_sample(
     return len(messages)
 
 
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass("password for the new login: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+async def create_login(settings: Settings, name: str, password: str | None, group: str) -> bool:
+    """Create the login role through DATABASE_URL; False if it already existed."""
+    engine = create_engine(
+        settings.database_url,
+        sslmode=settings.database_sslmode,
+        root_cert=settings.database_ssl_root_cert,
+    )
+    try:
+        return await ensure_login_role(engine, name=name, password=password, group=group)
+    finally:
+        await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command."""
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
@@ -59,12 +80,38 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="create STREAM with the publisher's config first if it is absent (dev only)",
     )
+    login = commands.add_parser(
+        "create-login",
+        help="create a login role for the service (writer) or a reader, if absent",
+        description=(
+            "Create login role NAME in audit_writer (default) or audit_reader, connecting "
+            "as DATABASE_URL, which must be the schema's owner (or a role that may create "
+            "roles). The password is asked for on a terminal, else read from standard "
+            'input (`printf %s "$PW" | ...`), never from the command line.'
+        ),
+    )
+    login.add_argument("name", help="the login role to create, e.g. session_audit")
+    login.add_argument(
+        "--reader", action="store_true", help="a tenant-scoped reader instead of a writer"
+    )
+    login.add_argument(
+        "--no-password", action="store_true", help="no password (trust or peer authentication)"
+    )
     add_dlq_commands(commands)
     args = parser.parse_args(argv)
 
     settings = get_settings()
     if args.command == "dlq":
         return run_dlq(args, settings)
+    if args.command == "create-login":
+        group = "reader" if args.reader else "writer"
+        password = None if args.no_password else _read_password()
+        created = asyncio.run(create_login(settings, args.name, password, group))
+        print(
+            f"{args.name}: {'created in' if created else 'already exists; not changed,'}"
+            f" audit_{group}"
+        )
+        return 0
     if args.command == "publish-sample":
         sent = asyncio.run(
             publish_sample(

@@ -32,7 +32,11 @@ def test_compose_starts_nats_with_jetstream_and_postgres_with_health_checks() ->
 def test_compose_migrates_once_before_the_service_starts() -> None:
     services = _compose()["services"]
     migrate = services["migrate"]
-    assert migrate["command"] == ["alembic", "upgrade", "head"]
+    assert migrate["command"][:2] == ["sh", "-c"]
+    script = migrate["command"][2]
+    assert script.startswith("alembic upgrade head && ")
+    assert "python -m service create-login session_audit" in script
+    assert migrate["environment"]["DATABASE_URL"].startswith("postgresql+asyncpg://audit:")
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     depends = services["session-audit"]["depends_on"]
     assert depends["migrate"]["condition"] == "service_completed_successfully"
@@ -46,6 +50,7 @@ def test_compose_service_is_checked_on_readyz_and_configured_by_settings_only() 
     assert env["NATS_URL"] == "nats://nats:4222"
     assert env["DATABASE_URL"].startswith("postgresql+asyncpg://")
     assert "@postgres:5432/" in env["DATABASE_URL"]
+    assert env["DATABASE_URL"].startswith("postgresql+asyncpg://session_audit:")  # the writer
     assert set(env) <= SETTINGS
 
 
