@@ -168,13 +168,14 @@ class PipelinedBatchPull(BatchPullStreamSubscriber):
     """
 
     __slots__ = ()
+    _draining: bool  # set when stopping; the FastStream base classes carry a __dict__
 
     async def _consume_pull(self) -> None:
         assert self.subscription is not None, "subscription is created before the loop starts"
         in_flight: deque[asyncio.Task[Any]] = deque()
         size = self.pull_sub.batch_size
         try:
-            while self.running:
+            while self.running and not self._draining:
                 messages = await self._fetch(size, self.pull_sub.timeout)
                 # While the pipeline is full, keep gathering: the busier the database,
                 # the larger (and the cheaper per event) the next batch.
@@ -189,7 +190,7 @@ class PipelinedBatchPull(BatchPullStreamSubscriber):
                     messages += more
                 while in_flight and (in_flight[0].done() or len(in_flight) == PIPELINE_DEPTH):
                     await in_flight.popleft()
-                if messages and self.running:
+                if messages and self.running and not self._draining:
                     in_flight.append(asyncio.create_task(self.consume(messages)))
                 elif messages:
                     # Stopping: hand them back now rather than after ACK_WAIT_S.
@@ -197,6 +198,24 @@ class PipelinedBatchPull(BatchPullStreamSubscriber):
         finally:
             for task in in_flight:
                 await task
+
+    async def start(self) -> None:
+        """Start fetching (again, after a stop)."""
+        self._draining = False
+        await super().start()
+
+    async def stop(self) -> None:
+        """Drain, then stop: no fetch is left open and every batch taken is settled."""
+        # FastStream's stop() would unsubscribe while a fetch is still open, and JetStream
+        # would then deliver that batch to an inbox nobody reads, to wait ACK_WAIT_S.
+        # Instead the loop is told to finish: its open fetch ends (within BATCH_WAIT_MS),
+        # what that fetch brought is nak'ed, and batches already taken are written and
+        # settled while `running` still lets them through.
+        self._draining = True
+        loops = [task for task in self.tasks if not task.done()]
+        if loops:
+            await asyncio.wait(loops, timeout=self._outer_config.graceful_timeout)
+        await super().stop()
 
     async def _fetch(self, batch: int, wait: float | None) -> list[Msg]:
         assert self.subscription is not None

