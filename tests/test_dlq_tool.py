@@ -30,24 +30,11 @@ from service.__main__ import main
 from service.config import Settings, get_settings
 from service.dev.embedded import free_port
 from service.dlq_tool import list_dead_letters
+from tests.integration_support import session_event
 from tests.security.servers import nats_server
 from tests.service_process import PROJECT, ServiceProcess
 
 STREAM = "DEVICE_EVENTS"
-
-
-def session_event(**overrides: str) -> dict[str, str]:
-    """A valid session-end event with fresh UUIDs."""
-    return {
-        "session_id": str(uuid.uuid4()),
-        "user_id": str(uuid.uuid4()),
-        "tenant_id": str(uuid.uuid4()),
-        "device_id": str(uuid.uuid4()),
-        "start_time": "2026-03-12T16:07:10-05:00",
-        "end_time": "2026-03-12T16:42:55-05:00",
-        "source_ip": "203.0.113.7:51514",
-        "reason": "normal",
-    } | overrides
 
 
 @dataclass

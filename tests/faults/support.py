@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -312,16 +311,6 @@ async def metric(service: ServiceProcess, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics of {service.base_url}")
-
-
-async def readyz(service: ServiceProcess) -> tuple[int, dict[str, Any]] | None:
-    """Status and body of /readyz, or None while nothing answers."""
-    try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(service.base_url + "/readyz")
-    except httpx.HTTPError:
-        return None
-    return response.status_code, response.json()
 
 
 async def _ignore(*_: object) -> None:

@@ -9,7 +9,6 @@ import pytest
 
 from tests.faults.support import (
     fault_stack,
-    readyz,
     until,
 )
 from tests.faults.traffic import (
@@ -21,6 +20,7 @@ from tests.faults.traffic import (
     refused,
     valid,
 )
+from tests.integration_support import readyz
 from tests.session_events import tenant_refused_by_database
 
 pytestmark = pytest.mark.faults

@@ -10,7 +10,6 @@ import pytest
 from service.dev.publisher import ensure_publisher_stream
 from tests.faults.support import (
     fault_stack,
-    readyz,
     until,
 )
 from tests.faults.traffic import (
@@ -21,6 +20,7 @@ from tests.faults.traffic import (
     mixed_stream,
     valid,
 )
+from tests.integration_support import readyz
 
 pytestmark = pytest.mark.faults
 
