@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import signal
 from typing import Any
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -144,7 +145,15 @@ class SessionAuditApp(AsgiFastStream):
             "log_config": None,
             **(run_extra_options or {}),
         }
+        # uvicorn handles SIGTERM with a graceful shutdown, then re-raises it to whatever
+        # handler was there before; with this one the process exits 0 after that shutdown,
+        # not as killed by the signal (143), and a SIGTERM before uvicorn starts still ends it.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         await super().run(log_level, options)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 app = SessionAuditApp(
