@@ -109,11 +109,6 @@ def create_engine(
     )
 
 
-def idempotency_key(event: SessionEndEvent) -> str:
-    """The key that makes one session one row."""
-    return f"{ACTION}:{event.session_id}"
-
-
 def _params(events: Sequence[SessionEndEvent]) -> dict[str, object]:
     return {
         "action": ACTION,

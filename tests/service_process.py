@@ -24,6 +24,19 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> Non
         time.sleep(0.05)
 
 
+def run_to_exit(**env: str) -> subprocess.CompletedProcess[str]:
+    """Run the service with these settings and wait for it to stop on its own (60 s at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "faststream", "run", "service.main:app"],
+        cwd=PROJECT,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class ServiceProcess:
     """One replica of the service with its own HTTP port and log file."""
 

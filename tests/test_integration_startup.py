@@ -1,9 +1,6 @@
 """Start-up of the service process: waiting for the publisher's stream, refusing bad set-ups."""
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from tests.integration_support import (
     rows_per_session,
     session_event,
 )
-from tests.service_process import PROJECT, ServiceProcess
+from tests.service_process import ServiceProcess, run_to_exit
 
 
 async def test_service_waits_for_absent_stream_then_consumes_it(
@@ -65,19 +62,6 @@ async def _rows_are(conn: asyncpg.Connection, ids: list[str], expected: dict[str
     return await rows_per_session(conn, ids) == expected
 
 
-def run_service_expecting_exit(**env: str) -> subprocess.CompletedProcess[str]:
-    """Run the service as production does and wait for it to stop on its own."""
-    return subprocess.run(
-        [sys.executable, "-m", "faststream", "run", "service.main:app"],
-        cwd=PROJECT,
-        env=os.environ | env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def only_line(output: str) -> str:
     """The one non-blank line of output; fails if there are more or none."""
     lines = [line for line in output.splitlines() if line.strip()]
@@ -96,7 +80,7 @@ def only_line(output: str) -> str:
 async def test_bad_setting_stops_start_up_with_one_line_naming_it(
     variable: str, value: str, message: str
 ) -> None:
-    done = await asyncio.to_thread(run_service_expecting_exit, **{variable: value})
+    done = await asyncio.to_thread(run_to_exit, **{variable: value})
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "Traceback" not in output
@@ -113,7 +97,7 @@ async def test_unmigrated_database_stops_start_up_asking_for_make_migrate(
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
         empty = url.set(database=name).render_as_string(hide_password=False)
-        done = await asyncio.to_thread(run_service_expecting_exit, DATABASE_URL=empty)
+        done = await asyncio.to_thread(run_to_exit, DATABASE_URL=empty)
     finally:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()

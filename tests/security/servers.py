@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from service.dev.embedded import (
 )
 from service.dev.publisher import publisher_stream_config
 from tests.integration_support import eventually, readyz
-from tests.service_process import PROJECT, ServiceProcess
+from tests.service_process import ServiceProcess
 from tests.session_events import session_end, subject_of, wire
 
 STREAM = "DEVICE_EVENTS"
@@ -146,19 +145,6 @@ async def assert_never_connects(log_file: Path, server: EmbeddedNats, **env: str
         assert service.proc is not None
         assert service.proc.poll() is None  # it keeps retrying rather than exiting
         return service.log()
-
-
-def run_to_exit(**env: str) -> subprocess.CompletedProcess[str]:
-    """Run the service with these settings and wait for it to stop on its own (60 s at most)."""
-    return subprocess.run(
-        [sys.executable, "-m", "faststream", "run", "service.main:app"],
-        cwd=PROJECT,
-        env=os.environ | env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 # --- PostgreSQL with TLS -----------------------------------------------------------------

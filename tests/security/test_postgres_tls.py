@@ -18,7 +18,8 @@ from service.dev.stack import migrate, writer_url
 from service.repository import create_engine
 from tests.integration_support import eventually, isolated, publish_event, session_event
 from tests.security.material import Authority
-from tests.security.servers import TlsPostgres, postgres_with_ssl, ready_service, run_to_exit
+from tests.security.servers import TlsPostgres, postgres_with_ssl, ready_service
+from tests.service_process import run_to_exit
 
 BIN_DIR = postgres_with_ssl()
 pytestmark = pytest.mark.skipif(
