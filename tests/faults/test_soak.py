@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.dev.publisher import publisher_stream_config
 from tests.faults.support import (
     FaultStack,
     environ_flag,
@@ -107,6 +108,12 @@ async def test_soak_with_random_faults_writes_every_session_once_and_dead_letter
         print(f"  planned at {at:5.1f} s: {kind}")
 
     async with fault_stack(tmp_path) as stack:
+        # The relay's 64 MiB cap holds ~46 s of this soak's 3,000 events/s; a batch that a
+        # SIGKILL strands comes back only after ACK_WAIT_S (60 s), by when the stream has
+        # discarded it (README, runbook). The soak tests the service, so it gets room.
+        roomy = publisher_stream_config("DEVICE_EVENTS")
+        roomy.max_bytes = 512 * 1024 * 1024
+        await stack.js.update_stream(roomy)
         soak = Soak(stack, rng)
         await soak.start_service()
         publisher = Publisher(stack.js)
