@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LOAD_ENDPOINTS := set -a; if [ -z "$${NATS_URL:-}" ] && [ -f .data/endpoints.env ]; then . ./.data/endpoints.env; fi; set +a
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format migrate publish-sample bench docs clean
+.PHONY: help install run test lint format migrate publish-sample dlq bench docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -40,11 +40,14 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix service tests migrations bench
 	$(BIN)/ruff format service tests migrations bench
 
-migrate: install ## bring the database at DATABASE_URL to the newest schema
-	@$(LOAD_ENDPOINTS); $(BIN)/alembic upgrade head
+migrate: install ## bring the database at DATABASE_URL to the newest schema (as its owner)
+	$(BIN)/alembic upgrade head
 
-publish-sample: install ## publish realistic session-end events to the running stack (COUNT=20)
-	@$(LOAD_ENDPOINTS); $(BIN)/python -m service publish-sample --count $${COUNT:-20}
+publish-sample: install ## publish realistic session-end events to the running stack (COUNT=20, ARGS=--poison)
+	@$(LOAD_ENDPOINTS); $(BIN)/python -m service publish-sample --count $${COUNT:-20} $(ARGS)
+
+dlq: install ## the dead-letter tool on the running stack: ARGS="list", "show SEQ", "replay …", "--help"
+	@$(LOAD_ENDPOINTS); $(BIN)/python -m service dlq $(or $(ARGS),--help)
 
 bench: install ## measure ceiling, baseline, drain, latency and memory; table + bench-results/latest.json (ARGS=--quick)
 	$(BIN)/python -m bench $(ARGS)

@@ -39,6 +39,12 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+def _not_task_bookkeeping(record: logging.LogRecord) -> bool:
+    # FastStream's subscriber supervisor says "callback for Task-N is being executed..."
+    # at INFO whenever a consumer task ends, e.g. at every shutdown: noise to an operator.
+    return not record.getMessage().endswith("is being executed...")
+
+
 def configure(level: str, fmt: str) -> None:
     """Send every logger, FastStream's and uvicorn's included, through one root handler."""
     handler = logging.StreamHandler()
@@ -48,6 +54,7 @@ def configure(level: str, fmt: str) -> None:
         else RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
+    handler.addFilter(_not_task_bookkeeping)
     root.handlers[:] = [handler]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):

@@ -47,6 +47,8 @@ class StartupError(SystemExit):
 
 async def check_schema() -> None:
     """Stop start-up unless the database schema is at the revision this code needs."""
+    if _schema_checked.is_set():  # checked before the server started (run); say it once
+        return
     engine = get_engine()
     try:
         current = await asyncio.wait_for(schema_revision(engine), timeout=10)
@@ -60,6 +62,10 @@ async def check_schema() -> None:
             f"{needed}: run `make migrate` (alembic upgrade head) first"
         )
     logger.info("database schema at revision %s", current)
+    _schema_checked.set()
+
+
+_schema_checked = asyncio.Event()
 
 
 async def dispose_engine() -> None:
@@ -145,10 +151,12 @@ class SessionAuditApp(AsgiFastStream):
             "log_config": None,
             **(run_extra_options or {}),
         }
-        # uvicorn handles SIGTERM with a graceful shutdown, then re-raises it to whatever
-        # handler was there before; with this one the process exits 0 after that shutdown,
-        # not as killed by the signal (143), and a SIGTERM before uvicorn starts still ends it.
+        # uvicorn handles SIGTERM and SIGINT (Ctrl-C) with a graceful shutdown, then
+        # re-raises the signal to whatever handler was there before; with this one the
+        # process exits 0 after that shutdown, not as killed by the signal (143, 130), and
+        # a signal before uvicorn starts still ends it.
         signal.signal(signal.SIGTERM, _exit_cleanly)
+        signal.signal(signal.SIGINT, _exit_cleanly)
         await super().run(log_level, options)
 
 

@@ -1,14 +1,18 @@
 """`make run`: the service on embedded NATS and PostgreSQL unless NATS_URL/DATABASE_URL are set."""
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.config import Settings, redact
-from service.dev.stack import PROJECT, local_stack
+from service.dev.stack import PROJECT, Endpoints, local_stack
+
+ENDPOINTS_FILE = "endpoints.env"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Run session-audit locally. Without NATS_URL, starts nats-server with JetStream "
             "and creates the publisher's stream; without DATABASE_URL, starts PostgreSQL; "
-            "both keep their data under --data-dir. Then migrates and runs the service."
+            "both keep their data under --data-dir. Then migrates and runs the service. "
+            "Ctrl-C stops the service gracefully, then the servers it started."
         ),
     )
     parser.add_argument("--data-dir", type=Path, default=PROJECT / ".data", help="default: ./.data")
@@ -26,34 +31,94 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings()
     given = settings.model_fields_set
+    with _terminal_foreground():
+        try:
+            return _run(args.data_dir, settings, given)
+        except KeyboardInterrupt:  # Ctrl-C while the stack was still starting
+            print("interrupted; stopped what had started", file=sys.stderr)
+            return 0
+
+
+def _run(data_dir: Path, settings: Settings, given: set[str]) -> int:
     with local_stack(
-        args.data_dir,
+        data_dir,
         nats_url=settings.nats_url if "nats_url" in given else None,
         database_url=settings.database_url if "database_url" in given else None,
         stream=settings.stream,
     ) as endpoints:
-        env_file = args.data_dir / "endpoints.env"
-        env_file.write_text(
-            f"NATS_URL={endpoints.nats_url}\nDATABASE_URL={endpoints.database_url}\n"
-        )
-        base = f"http://{settings.http_host}:{settings.http_port}"
-        print(
-            f"NATS      {redact(endpoints.nats_url)}\n"
-            f"Postgres  {redact(endpoints.database_url)}\n"
-            f"Ready     {base}/readyz\n"
-            f"Docs      {base}/docs/asyncapi\n"
-            f"Samples   make publish-sample   (endpoints saved in {env_file})\n",
-            flush=True,
-        )
-        env = os.environ | {"NATS_URL": endpoints.nats_url, "DATABASE_URL": endpoints.database_url}
-        service = subprocess.Popen(
-            [sys.executable, "-m", "faststream", "run", "service.main:app"], env=env, cwd=PROJECT
-        )
-        # Ctrl-C reaches the service too (same process group); wait for its graceful
-        # shutdown before the embedded servers stop under it.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda *_: service.terminate())
-        return service.wait()
+        env_file = _publish_endpoints(data_dir, endpoints)
+        try:
+            base = f"http://{settings.http_host}:{settings.http_port}"
+            print(
+                f"NATS      {redact(endpoints.nats_url)}\n"
+                f"Postgres  {redact(endpoints.database_url)}\n"
+                f"Ready     {base}/readyz\n"
+                f"Docs      {base}/docs/asyncapi\n"
+                f"Beside it make publish-sample, make dlq ARGS=list  (endpoints in {env_file})\n",
+                flush=True,
+            )
+            env = os.environ | {
+                "NATS_URL": endpoints.nats_url,
+                "DATABASE_URL": endpoints.database_url,
+            }
+            service = subprocess.Popen(
+                [sys.executable, "-m", "faststream", "run", "service.main:app"],
+                env=env,
+                cwd=PROJECT,
+            )
+            # Ctrl-C reaches the service too (same process group); wait for its graceful
+            # shutdown before the embedded servers stop under it.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, lambda *_: service.terminate())
+            code = service.wait()
+            # A service stopped by a signal it could not handle gracefully reports -N.
+            return code if code >= 0 else 128 - code
+        finally:
+            # The servers stop with this process: a stale file would send the tools beside
+            # the stack to ports nobody listens on.
+            env_file.unlink(missing_ok=True)
+
+
+def _publish_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
+    """Write the stack's endpoints for `make publish-sample`, `make dlq` and friends."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env_file = data_dir / ENDPOINTS_FILE
+    env_file.touch(mode=0o600)
+    env_file.write_text(f"NATS_URL={endpoints.nats_url}\nDATABASE_URL={endpoints.database_url}\n")
+    return env_file
+
+
+@contextlib.contextmanager
+def _terminal_foreground() -> Iterator[None]:
+    """Take the terminal's foreground for this process group while the stack runs.
+
+    A terminal's Ctrl-C signals its whole foreground process group, `make` included, and
+    GNU make then kills itself with SIGINT ("Error 130", exit status 130) even though the
+    service shut down cleanly. In a process group of our own that holds the foreground,
+    Ctrl-C reaches only the stack, and `make run` exits with the service's status.
+    """
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR)
+    except OSError:  # no controlling terminal (CI, a supervisor): nothing to take
+        yield
+        return
+    try:
+        previous = os.tcgetpgrp(tty)
+        if previous != os.getpgrp():  # running in the background: leave the terminal alone
+            yield
+            return
+        # Changing the foreground from a group that will be background must not stop us.
+        old_ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        os.setpgid(0, 0)
+        os.tcsetpgrp(tty, os.getpgrp())
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.tcsetpgrp(tty, previous)
+            signal.signal(signal.SIGTTOU, old_ttou)
+    finally:
+        os.close(tty)
 
 
 if __name__ == "__main__":
