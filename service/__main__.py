@@ -12,8 +12,8 @@ from faststream.nats.security import parse_security
 
 from service.broker import nats_security
 from service.config import Settings, get_settings, redact
+from service.deadletters.cli import add_dlq_commands, run_dlq
 from service.dev.publisher import ensure_publisher_stream, sample_messages
-from service.dlq_cli import add_dlq_commands, run_dlq
 from service.repository import create_engine, ensure_login_role
 
 

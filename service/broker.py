@@ -25,7 +25,7 @@ from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableErr
 from typing_extensions import override
 
 from service.config import Settings, redact
-from service.dlq import ensure_dlq_stream
+from service.deadletters.letters import ensure_dlq_stream
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from faststream.specification import AsyncAPI
 from faststream.specification.asyncapi.site import get_asyncapi_html
 from faststream.specification.base import SpecificationFactory
 
-from service import dlq
+from service.deadletters import letters as dlq
 from service.events import Refusal
 
 STATIC = Path(__file__).resolve().parent / "static" / "asyncapi"

@@ -17,7 +17,7 @@ from service import metrics
 from service.broker import PipelinedBatchPull
 from service.config import get_settings
 from service.db import get_engine
-from service.dlq import (
+from service.deadletters.letters import (
     DETAIL,
     ORIGINAL_SEQUENCE,
     ORIGINAL_SUBJECT,

@@ -28,8 +28,8 @@ from nats.js.errors import NotFoundError
 import service.__main__
 from service.__main__ import main
 from service.config import Settings, get_settings
+from service.deadletters.store import list_dead_letters
 from service.dev.embedded import free_port
-from service.dlq_tool import list_dead_letters
 from tests.integration_support import session_event
 from tests.security.servers import nats_server
 from tests.service_process import PROJECT, ServiceProcess

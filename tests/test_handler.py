@@ -10,7 +10,7 @@ import pytest
 from faststream.nats import JStream, NatsBroker, NatsMessage, TestNatsBroker
 
 from service.config import get_settings
-from service.dlq import DETAIL, ORIGINAL_SUBJECT, REASON
+from service.deadletters.letters import DETAIL, ORIGINAL_SUBJECT, REASON
 from service.main import broker, specification
 from tests.session_events import (
     ABSENT,

@@ -10,7 +10,7 @@ from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsBroker, NatsMessage, TestNatsBroker
 
 from service.config import get_settings
-from service.dlq import DETAIL, REASON
+from service.deadletters.letters import DETAIL, REASON
 from service.main import broker
 
 config = get_settings()

@@ -1,6 +1,6 @@
 """The operator's dead-letter tool, reading side: the DLQ stream, its dead letters, replay marks.
 
-`python -m service dlq …` (service/dlq_cli.py) runs these and service/dlq_replay.py's
+`python -m service dlq …` (cli.py beside it) runs these and replay.py's
 functions; they return values and print nothing. Each call connects to NATS_URL as the
 service does and reads DLQ_STREAM by sequence or through an ordered ephemeral consumer: no
 durable consumer, no state left on the DLQ.
@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 
 from service.broker import nats_security
 from service.config import Settings, redact
-from service.dlq import DeadLetter
+from service.deadletters.letters import DeadLetter
 
 # A read ends when the consumer has nothing pending; this only bounds the wait when the
 # last messages expire between reading the stream's state and reaching them.

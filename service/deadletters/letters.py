@@ -38,7 +38,7 @@ class DeadLetter:
     headers: Mapping[str, str]
     # None when read headers-only (listing a large DLQ without holding every payload).
     payload: bytes | None = None
-    # When `python -m service dlq replay` last republished it (see service/dlq_tool.py).
+    # When `python -m service dlq replay` last republished it (see service/deadletters/store.py).
     replayed_at: datetime | None = None
 
     @property

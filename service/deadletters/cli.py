@@ -1,7 +1,7 @@
 """The `dlq` commands of `python -m service`: the operator's view of the dead letters.
 
 Parsing and printing only: results on stdout, progress and errors on stderr. The work is
-done by service/dlq_tool.py and service/dlq_replay.py, the text by service/dlq_view.py.
+done by store.py and replay.py beside it, the text by view.py.
 """
 
 import argparse
@@ -10,9 +10,9 @@ import shutil
 import sys
 
 from service.config import Settings
-from service.dlq_replay import Progress, delete_dead_letters, purge_dead_letters, replay
-from service.dlq_tool import DlqToolError, get_dead_letter, list_dead_letters
-from service.dlq_view import count, details, replay_lines, summary, table
+from service.deadletters.replay import Progress, delete_dead_letters, purge_dead_letters, replay
+from service.deadletters.store import DlqToolError, get_dead_letter, list_dead_letters
+from service.deadletters.view import count, details, replay_lines, summary, table
 from service.events import Refusal
 
 # Below this many, a replay or purge is over before a progress line would help.

@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
-from service.dlq import DELIVERIES, FAILED_AT, DeadLetter
-from service.dlq_replay import ReplayReport
+from service.deadletters.letters import DELIVERIES, FAILED_AT, DeadLetter
+from service.deadletters.replay import ReplayReport
 
 # Past this, `show` stops the hex dump; `show --raw` writes every byte.
 HEX_LIMIT = 4096

@@ -1,7 +1,7 @@
 """The operator's dead-letter tool, changing side: replay dead letters, purge them.
 
 A replay publishes a dead letter's original bytes to its original subject with a JetStream
-publish (awaiting the PubAck) in STREAM, then marks it replayed (see service/dlq_tool.py).
+publish (awaiting the PubAck) in STREAM, then marks it replayed (see service/deadletters/store.py).
 A dead letter that was replayed before is skipped unless asked again: replaying a whole
 reason twice after a partial fix would otherwise republish everything that already worked.
 Republishing is safe either way, since the service keeps one row per session. The mark is
@@ -18,8 +18,8 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from service.config import Settings
-from service.dlq import DeadLetter
-from service.dlq_tool import DeadLetterStream, DlqToolError, matching, open_dlq
+from service.deadletters.letters import DeadLetter
+from service.deadletters.store import DeadLetterStream, DlqToolError, matching, open_dlq
 
 Progress = Callable[[int, int], None]
 # Header on a replayed event: which dead letter it came from, for whoever traces it later.
