@@ -30,13 +30,17 @@ class AuditLog(SQLModel, table=True):
     tenant_id: UUID = Field(sa_column=sa.Column(postgresql.UUID(as_uuid=True), nullable=False))
     user_id: UUID | None = Field(default=None, sa_column=sa.Column(postgresql.UUID(as_uuid=True)))
     action: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
-    resource_type: str = Field(sa_column=sa.Column(sa.String(50), nullable=False))
-    resource_id: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
+    # Nullable as in the platform's table, whose own rows need not name a resource; the
+    # service's rows always do (device, the device id).
+    resource_type: str | None = Field(default=None, sa_column=sa.Column(sa.String(50)))
+    resource_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(255)))
     device_id: UUID | None = Field(default=None, sa_column=sa.Column(postgresql.UUID(as_uuid=True)))
     details: dict[str, Any] = Field(
         default_factory=dict, sa_column=sa.Column(postgresql.JSONB, nullable=False)
     )
-    ip_address: str | None = Field(default=None, sa_column=sa.Column(postgresql.INET))
+    # The bare address as text (varchar(45), the longest IPv6 text form), as the platform's
+    # table has it and its audit API hands it on.
+    ip_address: str | None = Field(default=None, sa_column=sa.Column(sa.String(45)))
     # The audit UI sorts by created_at: it holds when the event happened (end_time),
     # not when a possibly late consumer got to it.
     created_at: datetime = Field(
@@ -44,6 +48,8 @@ class AuditLog(SQLModel, table=True):
             sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")
         )
     )
+    # The platform's Transit ciphertext (vault:v1:…) of the details; `details` is then {}.
+    encrypted_details: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     occurred_at: datetime | None = Field(
         default=None, sa_column=sa.Column(sa.DateTime(timezone=True))
     )

@@ -20,6 +20,10 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # One statement for the whole batch: the arrays travel in one round trip, the row and
 # its details are built by PostgreSQL (on its own core, not the consumer's), and the
 # unique idempotency key turns redeliveries and repeated end events into no-ops.
+# ip_address is varchar(45), as in the platform's table: inet written there would be text
+# like 203.0.113.7/32, so the address goes through inet (PostgreSQL's one spelling of it,
+# ::ffff:203.0.113.7 included, which Python 3.11 writes ::ffff:cb00:7107) and host() stores
+# it bare. The longest such text is 39 characters (events.py strips IPv6 zones).
 _INSERT = sa.text(
     """
     WITH written AS (
@@ -38,7 +42,7 @@ _INSERT = sa.text(
                        floor(extract(epoch FROM e.end_time - e.start_time))::bigint,
                    'source_ip', e.source_ip,
                    'reason', e.reason),
-               e.ip_address, e.end_time, e.end_time, :action || ':' || e.session_id
+               host(e.ip_address), e.end_time, e.end_time, :action || ':' || e.session_id
         FROM unnest(CAST(:session_ids AS uuid[]), CAST(:tenant_ids AS uuid[]),
                     CAST(:user_ids AS uuid[]), CAST(:device_ids AS uuid[]),
                     CAST(:start_times AS timestamptz[]), CAST(:end_times AS timestamptz[]),

@@ -39,11 +39,11 @@ def wire(event: Any) -> bytes:
 
 
 async def audit_rows(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Every audit_logs row, oldest event first, with details decoded and the bare address."""
+    """Every audit_logs row, oldest event first, with details decoded."""
     records = await conn.fetch(
         """
         SELECT tenant_id::text, user_id::text, action, resource_type, resource_id,
-               device_id::text, details::text, host(ip_address) AS ip_address,
+               device_id::text, details::text, ip_address,
                created_at, occurred_at, idempotency_key
         FROM audit_logs ORDER BY occurred_at, idempotency_key
         """

@@ -5,7 +5,6 @@ ones conftest started, or external ones), each with a durable of its own.
 """
 
 from datetime import UTC, datetime
-from ipaddress import ip_address
 from pathlib import Path
 
 import asyncpg
@@ -67,7 +66,7 @@ async def test_service_writes_contract_examples_to_servers_given_by_env(
 
         row = rows[offset["session_id"]]
         assert row["user_id"] == offset["user_id"]
-        assert row["ip_address"] == ip_address("203.0.113.7")
+        assert row["ip_address"] == "203.0.113.7"
         assert row["created_at"] == datetime(2026, 3, 12, 21, 42, 55, tzinfo=UTC)
         assert details_of(row) == {
             "session_id": offset["session_id"],
@@ -80,7 +79,7 @@ async def test_service_writes_contract_examples_to_servers_given_by_env(
 
         row = rows[zulu["session_id"]]
         assert row["user_id"] is None
-        assert row["ip_address"] == ip_address("2001:db8::1")
+        assert row["ip_address"] == "2001:db8::1"
         assert row["created_at"] == datetime(2026, 3, 12, 21, 42, 55, tzinfo=UTC)
         assert details_of(row) == {
             "session_id": zulu["session_id"],
@@ -92,7 +91,7 @@ async def test_service_writes_contract_examples_to_servers_given_by_env(
         }
 
         row = rows[bare["session_id"]]
-        assert row["ip_address"] == ip_address("198.51.100.23")
+        assert row["ip_address"] == "198.51.100.23"
         assert row["created_at"] == datetime(2026, 3, 12, 22, 15, 5, tzinfo=UTC)
         assert details_of(row) == {
             "session_id": bare["session_id"],
