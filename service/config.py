@@ -8,6 +8,8 @@ from pydantic import Field, FilePath, SecretStr, ValidationError, field_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+# A mount may be nested (team/transit); no dots, so it cannot climb out of /v1/.
+_MOUNT_PATTERN = r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"
 
 
 class Settings(BaseSettings):
@@ -100,6 +102,35 @@ class Settings(BaseSettings):
     graceful_timeout_s: float = Field(
         15.0, gt=0, le=600, description="Longest wait for in-flight batches on shutdown."
     )
+    openbao_addr: str | None = Field(
+        None,
+        description=(
+            "OpenBao URL (http:// or https://); set, details are encrypted with Transit as "
+            "the platform does; unset, encryption is off."
+        ),
+    )
+    openbao_token_file: FilePath | None = Field(
+        None, description="File holding the OpenBao token (preferred over OPENBAO_TOKEN)."
+    )
+    openbao_token: SecretStr | None = Field(
+        None, description="OpenBao token, when it cannot be given as OPENBAO_TOKEN_FILE."
+    )
+    openbao_transit_mount: Annotated[str, Field(pattern=_MOUNT_PATTERN)] = Field(
+        "transit", description="Mount path of the Transit engine holding the tenant data keys."
+    )
+    openbao_ca_file: FilePath | None = Field(
+        None, description="CA bundle that verifies an https:// OPENBAO_ADDR."
+    )
+    openbao_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Longest wait for one OpenBao request, in seconds."
+    )
+    openbao_plaintext_fallback: bool = Field(
+        False,
+        description=(
+            "true: when Transit fails, store the details in plaintext, as the platform does; "
+            "false: never store plaintext details while OPENBAO_ADDR is set."
+        ),
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -117,6 +148,14 @@ class Settings(BaseSettings):
                 msg = "each server must start with nats://, tls://, ws:// or wss://"
                 raise ValueError(msg)
         return value
+
+    @field_validator("openbao_addr")
+    @classmethod
+    def _openbao_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            msg = "must start with http:// or https://"
+            raise ValueError(msg)
+        return value if value is None else value.rstrip("/")
 
     @field_validator("log_level")
     @classmethod
@@ -147,6 +186,23 @@ class Settings(BaseSettings):
             raise ValueError(msg)
         if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
             msg = "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE go together"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _one_openbao_token(self) -> "Settings":
+        tokens = (self.openbao_token_file is not None) + (self.openbao_token is not None)
+        if self.openbao_addr is None:
+            # A token without an address would leave details unencrypted while looking set up.
+            if tokens:
+                msg = "OPENBAO_TOKEN_FILE or OPENBAO_TOKEN is set but OPENBAO_ADDR is not"
+                raise ValueError(msg)
+            return self
+        if tokens != 1:
+            msg = "OPENBAO_ADDR needs exactly one of OPENBAO_TOKEN_FILE and OPENBAO_TOKEN"
+            raise ValueError(msg)
+        if self.openbao_ca_file is not None and not self.openbao_addr.startswith("https://"):
+            msg = "OPENBAO_CA_FILE needs an https:// OPENBAO_ADDR"
             raise ValueError(msg)
         return self
 
@@ -191,7 +247,7 @@ def describe(error: ValidationError) -> str:
     return "configuration error: " + "; ".join(problems)
 
 
-_SECRETS = {"NATS_PASSWORD", "NATS_TOKEN"}
+_SECRETS = {"NATS_PASSWORD", "NATS_TOKEN", "OPENBAO_TOKEN"}
 
 
 @lru_cache(maxsize=1)

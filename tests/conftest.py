@@ -159,3 +159,20 @@ async def js(nats_url: str) -> AsyncIterator[Any]:
         yield nc.jetstream()
     finally:
         await nc.close()
+
+
+# Appended with the fixture it serves, so the start of this module stays as it was.
+from collections.abc import Iterator  # noqa: E402
+
+from service.dev.openbao import EmbeddedOpenBao  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def openbao(workdir: Path) -> Iterator[EmbeddedOpenBao]:
+    """An OpenBao of this run: initialised, unsealed, Transit at transit; stopped at the end."""
+    server = EmbeddedOpenBao(workdir / "openbao")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
