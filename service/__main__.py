@@ -15,6 +15,7 @@ from service.config import Settings, get_settings, redact
 from service.deadletters.cli import add_dlq_commands, run_dlq
 from service.dev.publisher import ensure_publisher_stream, sample_messages
 from service.repository import create_engine, ensure_login_role
+from service.trail.cli import add_trail_commands, run_trail
 
 
 async def publish_sample(
@@ -98,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         "--no-password", action="store_true", help="no password (trust or peer authentication)"
     )
     add_dlq_commands(commands)
+    add_trail_commands(commands)
     args = parser.parse_args(argv)
 
     settings = get_settings()
     if args.command == "dlq":
         return run_dlq(args, settings)
+    if args.command == "trail":
+        return run_trail(args, settings)
     if args.command == "create-login":
         group = "reader" if args.reader else "writer"
         password = None if args.no_password else _read_password()

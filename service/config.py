@@ -131,6 +131,34 @@ class Settings(BaseSettings):
             "false: never store plaintext details while OPENBAO_ADDR is set."
         ),
     )
+    trail_signing_key_file: FilePath | None = Field(
+        None,
+        description=(
+            "File holding the nkeys seed (SN…) that signs each seal of the audit trail; "
+            "`trail keygen FILE` makes one."
+        ),
+    )
+    trail_allow_unsigned: bool = Field(
+        False,
+        description=(
+            "true: write seals unsigned when TRAIL_SIGNING_KEY_FILE is unset, and let "
+            "`trail verify` accept unsigned seals; false: refuse both."
+        ),
+    )
+    trail_trusted_keys: str = Field(
+        "",
+        description=(
+            "Comma-separated nkeys public keys (N…) whose seal signatures `trail verify` "
+            "accepts; list old keys too after a rotation."
+        ),
+    )
+    trail_anchor_stream: Annotated[str, Field(pattern=_NAME_PATTERN)] = Field(
+        "AUDIT_SEALS",
+        description="JetStream stream each seal's hash is published to; created if absent.",
+    )
+    trail_anchor_max_age_days: int = Field(
+        3650, ge=1, le=36_500, description="How long seal anchors are kept, in days."
+    )
 
     @field_validator("database_url")
     @classmethod
