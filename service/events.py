@@ -141,6 +141,22 @@ class SessionEndEvent(BaseModel):
         """Whole seconds between start and end."""
         return int((self.end_time - self.start_time).total_seconds())
 
+    def details(self) -> dict[str, Any]:
+        """The row's `details`, in the keys and order the platform's audit service writes."""
+        return {
+            "session_id": str(self.session_id),
+            "start_time": utc_text(self.start_time),
+            "end_time": utc_text(self.end_time),
+            "duration_seconds": self.duration_seconds,
+            "source_ip": self.source_ip,
+            "reason": self.reason,
+        }
+
+
+def utc_text(moment: datetime) -> str:
+    """RFC 3339 in UTC; a zero fraction is dropped, so whole seconds read as the relay sent them."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+
 
 def bare_address(source: str) -> str | None:
     """The address in `ip`, `ip:port` or `[v6]:port`, or None if there is none."""

@@ -26,8 +26,9 @@ from service.deadletters.letters import (
     dlq_subject,
     stream_position,
 )
+from service.encryption.at_rest import details_at_rest, get_transit
 from service.events import Refusal, Rejected, SessionEndEvent, parse_session_end
-from service.repository import DatabaseUnavailable, insert_session_ends
+from service.repository import DatabaseUnavailable, SessionRow, insert_session_ends
 
 logger = logging.getLogger(__name__)
 settings = get_settings()
@@ -96,7 +97,7 @@ async def on_session_end(bodies: SessionEndBatch, message: NatsMessage) -> None:
 
 
 async def handle_batch(msgs: Sequence[Msg]) -> None:
-    """Validate, write in one transaction, dead-letter the rest, then settle each message."""
+    """Validate, encrypt, write in one transaction, dead-letter the rest, then settle each."""
     metrics.batch_size.observe(len(msgs))
     events: list[SessionEndEvent] = []
     event_msgs: list[Msg] = []
@@ -109,8 +110,17 @@ async def handle_batch(msgs: Sequence[Msg]) -> None:
             events.append(outcome)
             event_msgs.append(msg)
 
+    # Encrypted before the write turn, so that Transit works while the batch before is
+    # being written.
+    with metrics.encrypt_seconds.time():
+        at_rest = await details_at_rest(
+            get_transit(), events, plaintext_fallback=settings.openbao_plaintext_fallback
+        )
+    unencrypted = [event_msgs[position] for position in at_rest.failed]
+    metrics.retries.labels("encryption_unavailable").inc(len(unencrypted))
+    row_msgs = [event_msgs[position] for position in at_rest.positions]
     async with write_turn:
-        await _write_and_settle(msgs, events, event_msgs, rejected)
+        await _write_and_settle(at_rest.rows, row_msgs, rejected, unencrypted)
 
 
 # Batches are parsed concurrently (see PipelinedBatchPull) but written one at a time, in
@@ -119,28 +129,27 @@ write_turn = asyncio.Lock()
 
 
 async def _write_and_settle(
-    msgs: Sequence[Msg],
-    events: list[SessionEndEvent],
-    event_msgs: list[Msg],
+    rows: list[SessionRow],
+    row_msgs: list[Msg],
     rejected: list[tuple[Msg, Rejected]],
+    retry: list[Msg],
 ) -> None:
     committed: list[Msg] = []
-    retry: list[Msg] = []
     try:
         with metrics.commit_seconds.time():
-            result = await insert_session_ends(get_engine(), events=events)
+            result = await insert_session_ends(get_engine(), rows=rows)
     except DatabaseUnavailable as error:
         metrics.database_errors.labels(error.kind).inc()
-        metrics.retries.labels("database_unavailable").inc(len(event_msgs))
+        metrics.retries.labels("database_unavailable").inc(len(row_msgs))
         logger.error(
             "database unavailable, %d events will be retried: %s",
-            len(event_msgs),
+            len(row_msgs),
             error,
-            extra={"batch_size": len(msgs), "error": error.kind},
+            extra={"batch_size": len(rows) + len(rejected) + len(retry), "error": error.kind},
         )
-        retry = event_msgs
+        retry = retry + row_msgs
     else:
-        for position, msg in enumerate(event_msgs):
+        for position, msg in enumerate(row_msgs):
             if position in result.refused:
                 detail = result.refused[position]
                 rejected.append((msg, Rejected(Refusal.DATABASE_REFUSED, detail)))
@@ -148,8 +157,8 @@ async def _write_and_settle(
                 committed.append(msg)
         metrics.rows_inserted.inc(result.inserted)
         metrics.duplicates_skipped.inc(result.duplicates)
-        if events:
-            metrics.committed_end_time(max(e.end_time for e in events).timestamp())
+        if rows:
+            metrics.committed_end_time(max(r.event.end_time for r in rows).timestamp())
 
     stored = await asyncio.gather(*(dead_letter(msg, why) for msg, why in rejected))
     failed = [msg for (msg, _), ok in zip(rejected, stored, strict=True) if not ok]
@@ -167,7 +176,8 @@ async def settle(*, committed: list[Msg], dead_lettered: list[Msg], retry: list[
         await msg.ack()
     for msg in dead_lettered:  # its dead letter is stored; it must never come back
         await msg.term()
-    for msg in retry:  # nothing durable happened; try again later, slower each time
+    for msg in retry:  # nothing durable happened (database, Transit or dead-letter stream
+        # unavailable); try again later, slower each time
         await msg.nak(delay=retry_delay(msg))
 
 

@@ -38,6 +38,23 @@ database_errors = Counter(
     ["kind"],
     registry=registry,
 )
+encryption_errors = Counter(
+    f"{PREFIX}_encryption_errors",
+    "Failed Transit encryptions of a tenant's part of a batch, by kind.",
+    ["kind"],
+    registry=registry,
+)
+plaintext_fallbacks = Counter(
+    f"{PREFIX}_plaintext_fallbacks",
+    "Events stored with plaintext details because Transit failed (OPENBAO_PLAINTEXT_FALLBACK).",
+    registry=registry,
+)
+encrypt_seconds = Histogram(
+    f"{PREFIX}_encrypt_seconds",
+    "Time to encrypt one batch's details with Transit (every tenant's request).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=registry,
+)
 batch_size = Histogram(
     f"{PREFIX}_batch_size",
     "Messages per handled batch.",

@@ -1,10 +1,13 @@
 """Every SQL statement of the service; one transaction per batch."""
 
+import json
 import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
@@ -17,48 +20,69 @@ ACTION = "ssh_session_end"
 RESOURCE_TYPE = "device"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
-# One statement for the whole batch: the arrays travel in one round trip, the row and
-# its details are built by PostgreSQL (on its own core, not the consumer's), and the
-# unique idempotency key turns redeliveries and repeated end events into no-ops.
+# One statement for the whole batch: the arrays travel in one round trip, and the unique
+# idempotency key turns redeliveries and repeated end events into no-ops.
 # ip_address is varchar(45), as in the platform's table: inet written there would be text
 # like 203.0.113.7/32, so the address goes through inet (PostgreSQL's one spelling of it,
 # ::ffff:203.0.113.7 included, which Python 3.11 writes ::ffff:cb00:7107) and host() stores
 # it bare. The longest such text is 39 characters (events.py strips IPv6 zones).
+# id and ingested_at are chosen in `input`, not by column defaults, and the written rows
+# are read back from `input`: RETURNING table columns would need the writer to be granted
+# SELECT on them, and it may read only the idempotency key.
 _INSERT = sa.text(
     """
-    WITH written AS (
-        INSERT INTO audit_logs (tenant_id, user_id, action, resource_type, resource_id,
-                                device_id, details, ip_address, created_at, occurred_at,
-                                idempotency_key)
-        SELECT e.tenant_id, e.user_id, CAST(:action AS text), :resource_type, e.device_id::text,
-               e.device_id,
-               jsonb_build_object(
-                   'session_id', e.session_id,
-                   'start_time', replace(to_char(e.start_time AT TIME ZONE 'UTC',
-                                                 :time_format), '.000000Z', 'Z'),
-                   'end_time', replace(to_char(e.end_time AT TIME ZONE 'UTC',
-                                               :time_format), '.000000Z', 'Z'),
-                   'duration_seconds',
-                       floor(extract(epoch FROM e.end_time - e.start_time))::bigint,
-                   'source_ip', e.source_ip,
-                   'reason', e.reason),
-               host(e.ip_address), e.end_time, e.end_time, :action || ':' || e.session_id
+    WITH input AS (
+        SELECT gen_random_uuid() AS id, now() AS ingested_at, e.session_id, e.tenant_id,
+               e.user_id, e.device_id, e.end_time, CAST(e.details AS jsonb) AS details,
+               e.encrypted_details, host(e.ip_address) AS ip_address,
+               CAST(:action AS text) || ':' || e.session_id AS idempotency_key
         FROM unnest(CAST(:session_ids AS uuid[]), CAST(:tenant_ids AS uuid[]),
                     CAST(:user_ids AS uuid[]), CAST(:device_ids AS uuid[]),
-                    CAST(:start_times AS timestamptz[]), CAST(:end_times AS timestamptz[]),
-                    CAST(:source_ips AS text[]), CAST(:ips AS inet[]),
-                    CAST(:reasons AS text[]))
-             AS e(session_id, tenant_id, user_id, device_id, start_time, end_time,
-                  source_ip, ip_address, reason)
+                    CAST(:end_times AS timestamptz[]), CAST(:details AS text[]),
+                    CAST(:encrypted AS text[]), CAST(:ips AS inet[]))
+             AS e(session_id, tenant_id, user_id, device_id, end_time, details,
+                  encrypted_details, ip_address)
+    ), written AS (
+        INSERT INTO audit_logs (id, tenant_id, user_id, action, resource_type, resource_id,
+                                device_id, details, encrypted_details, ip_address, created_at,
+                                occurred_at, ingested_at, idempotency_key)
+        SELECT id, tenant_id, user_id, :action, :resource_type, device_id::text, device_id,
+               details, encrypted_details, ip_address, end_time, end_time, ingested_at,
+               idempotency_key
+        FROM input
         ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING 1
+        RETURNING idempotency_key
     )
-    SELECT count(*) FROM written
+    SELECT i.id, i.session_id, i.ip_address, i.ingested_at
+    FROM input AS i JOIN written USING (idempotency_key)
     """
 )
-# RFC 3339 in UTC; a zero fraction is dropped in the statement (the relay sends whole
-# seconds), so details read like the relay's own times.
-_TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One audit row to write: the event, and its details as they are stored."""
+
+    event: SessionEndEvent
+    # The `details` column as JSON text: the details themselves, or {} when encrypted.
+    details: str
+    # The Transit ciphertext (vault:v1:…) of the details, or None when stored in plaintext.
+    encrypted_details: str | None = None
+
+
+def plaintext_row(event: SessionEndEvent) -> SessionRow:
+    """The row with its details in plaintext (no encryption configured, or its fallback)."""
+    return SessionRow(event, json.dumps(event.details()))
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenRow:
+    """What the database chose for a row this batch inserted."""
+
+    id: UUID
+    session_id: UUID
+    ip_address: str | None
+    ingested_at: datetime
 
 
 class DatabaseUnavailable(Exception):
@@ -79,6 +103,7 @@ class InsertResult:
     inserted: int = 0
     duplicates: int = 0
     refused: dict[int, str] = field(default_factory=dict)
+    written: list[WrittenRow] = field(default_factory=list, compare=False)
 
 
 def tls_context(sslmode: str, root_cert: Path | None) -> ssl.SSLContext | bool:
@@ -113,21 +138,24 @@ def create_engine(
     )
 
 
-def _params(events: Sequence[SessionEndEvent]) -> dict[str, object]:
+def _params(rows: Sequence[SessionRow]) -> dict[str, object]:
     return {
         "action": ACTION,
         "resource_type": RESOURCE_TYPE,
-        "time_format": _TIME_FORMAT,
-        "session_ids": [e.session_id for e in events],
-        "tenant_ids": [e.tenant_id for e in events],
-        "user_ids": [e.user_id for e in events],
-        "device_ids": [e.device_id for e in events],
-        "start_times": [e.start_time for e in events],
-        "end_times": [e.end_time for e in events],
-        "source_ips": [e.source_ip for e in events],
-        "ips": [e.ip_address for e in events],
-        "reasons": [e.reason for e in events],
+        "session_ids": [r.event.session_id for r in rows],
+        "tenant_ids": [r.event.tenant_id for r in rows],
+        "user_ids": [r.event.user_id for r in rows],
+        "device_ids": [r.event.device_id for r in rows],
+        "end_times": [r.event.end_time for r in rows],
+        "details": [r.details for r in rows],
+        "encrypted": [r.encrypted_details for r in rows],
+        "ips": [r.event.ip_address for r in rows],
     }
+
+
+async def _write(conn: AsyncConnection, rows: Sequence[SessionRow]) -> list[WrittenRow]:
+    result = await conn.execute(_INSERT, _params(rows))
+    return [WrittenRow(*record) for record in result.all()]
 
 
 # A deadlock or serialization failure says nothing about the rows: try again at once.
@@ -146,21 +174,31 @@ def _refused_by_data(error: DBAPIError) -> bool:
 
 
 async def insert_session_ends(
-    engine: AsyncEngine, *, events: Sequence[SessionEndEvent]
+    engine: AsyncEngine,
+    *,
+    events: Sequence[SessionEndEvent] = (),
+    rows: Sequence[SessionRow] | None = None,
 ) -> InsertResult:
-    """Write one audit row per new session in one transaction; isolate rows the database refuses."""
-    if not events:
+    """Write one audit row per new session in one transaction; isolate rows the database refuses.
+
+    `rows` carry their details as stored (encrypted or not); plain `events` are written
+    with plaintext details. Positions in `refused` index whichever was given.
+    """
+    batch = list(rows) if rows is not None else [plaintext_row(e) for e in events]
+    if not batch:
         return InsertResult()
     # The first event of a session in the batch is the one kept; rows go in key order,
     # so that replicas writing overlapping batches take their locks in the same order
     # and do not deadlock.
-    first = {event.session_id: event for event in reversed(events)}
+    first = {row.event.session_id: row for row in reversed(batch)}
     ordered = [first[key] for key in sorted(first)]
     for attempt in range(_CONFLICT_RETRIES):
         try:
             async with engine.begin() as conn:
-                written = (await conn.execute(_INSERT, _params(ordered))).scalar_one()
-            return InsertResult(inserted=written, duplicates=len(events) - written)
+                written = await _write(conn, ordered)
+            return InsertResult(
+                inserted=len(written), duplicates=len(batch) - len(written), written=written
+            )
         except DBAPIError as error:
             if _sqlstate(error) in _RETRY_AT_ONCE and attempt + 1 < _CONFLICT_RETRIES:
                 continue
@@ -171,26 +209,25 @@ async def insert_session_ends(
             raise DatabaseUnavailable(error) from error
     try:
         async with engine.begin() as conn:
-            return await _insert_one_by_one(conn, events)
+            return await _insert_one_by_one(conn, batch)
     except (DBAPIError, OSError) as error:
         raise DatabaseUnavailable(error) from error
 
 
-async def _insert_one_by_one(
-    conn: AsyncConnection, events: Sequence[SessionEndEvent]
-) -> InsertResult:
+async def _insert_one_by_one(conn: AsyncConnection, rows: Sequence[SessionRow]) -> InsertResult:
     result = InsertResult()
-    for position, event in enumerate(events):
+    for position, row in enumerate(rows):
         try:
             async with conn.begin_nested():
-                written = (await conn.execute(_INSERT, _params([event]))).scalar_one()
+                written = await _write(conn, [row])
         except DBAPIError as error:
             if not _refused_by_data(error):
                 raise
             result.refused[position] = _describe(error)
             continue
-        result.inserted += written
-        result.duplicates += 1 - written
+        result.written += written
+        result.inserted += len(written)
+        result.duplicates += 1 - len(written)
     return result
 
 

@@ -12,6 +12,7 @@ import yaml
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration_support import isolated
 from tests.service_process import ServiceProcess, wait_for
 from tests.session_events import session_end, subject_of, wire
 
@@ -89,20 +90,23 @@ async def test_every_metric_in_the_alerts_and_the_dashboard_is_exported_by_the_s
     tmp_path: Path, js: JetStreamContext
 ) -> None:
     good = session_end()
-    with ServiceProcess(tmp_path / "service.log", DURABLE=f"alerting-{tmp_path.name}") as service:
-        service.wait_ready()
-        # A labelled counter has no sample until its first increment; these make some.
-        await js.publish(subject_of(good), wire(good))
-        await js.publish(subject_of(session_end()), b"{not json")
+    # Its own dead-letter stream: dead-letter streams share their subjects, so one left
+    # behind would stop every later test's service from creating its own.
+    async with isolated(js, "alerting") as names:
+        with ServiceProcess(tmp_path / "service.log", **names.env) as service:
+            service.wait_ready()
+            # A labelled counter has no sample until its first increment; these make some.
+            await js.publish(subject_of(good), wire(good))
+            await js.publish(subject_of(session_end()), b"{not json")
 
-        def counted() -> bool:
-            samples = _samples(service.get("/metrics").text)
-            return samples.get(("session_audit_rows_inserted_total", ()), 0) >= 1 and (
-                ("session_audit_dead_letters_total", (("reason", "invalid_json"),)) in samples
-            )
+            def counted() -> bool:
+                samples = _samples(service.get("/metrics").text)
+                return samples.get(("session_audit_rows_inserted_total", ()), 0) >= 1 and (
+                    ("session_audit_dead_letters_total", (("reason", "invalid_json"),)) in samples
+                )
 
-        wait_for(counted, timeout=20, what="the row and the dead letter to be counted")
-        exported = exported_names(service.get("/metrics").text)
+            wait_for(counted, timeout=20, what="the row and the dead letter to be counted")
+            exported = exported_names(service.get("/metrics").text)
 
     rule_exprs = [rule["expr"] for rule in _alert_rules()]
     panel_exprs = [target["expr"] for target in _dashboard_targets()]

@@ -476,7 +476,7 @@ async def test_0003_turns_the_inet_addresses_of_an_existing_table_into_bare_text
 
 
 async def test_0003_downgrade_refuses_to_drop_encrypted_details(empty_database: str) -> None:
-    await asyncio.to_thread(migrate, empty_database)
+    await asyncio.to_thread(migrate, empty_database, "0003")
     async with connection(empty_database) as conn:
         await conn.execute(
             "INSERT INTO audit_logs (tenant_id, action, encrypted_details) "
