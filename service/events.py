@@ -14,7 +14,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     model_validator,
 )
 
@@ -77,6 +79,9 @@ _EXAMPLE: dict[str, Any] = {
 }
 
 
+_AS_SENT = ("session_id", "start_time", "end_time", "source_ip", "reason")
+
+
 class SessionEndEvent(BaseModel):
     """An SSH session through the relay has ended."""
 
@@ -123,6 +128,17 @@ class SessionEndEvent(BaseModel):
         ),
         examples=["normal", "idle_timeout", "shutdown"],
     )
+    # The fields of `details` as the relay sent them: the old consumer stored them so, and
+    # the platform's audit API shows them so.
+    _sent: dict[str, Any] | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_as_sent(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        event = handler(data)
+        if isinstance(data, dict):
+            event._sent = {name: data.get(name) for name in _AS_SENT}
+        return event
 
     @model_validator(mode="after")
     def _ends_after_start(self) -> "SessionEndEvent":
@@ -142,14 +158,24 @@ class SessionEndEvent(BaseModel):
         return int((self.end_time - self.start_time).total_seconds())
 
     def details(self) -> dict[str, Any]:
-        """The row's `details`, in the keys and order the platform's audit service writes."""
-        return {
+        """The row's `details` as the old consumer had the platform's audit service write
+        them: these keys in this order, each as the relay sent it (absent: null), and the
+        whole seconds between start and end. An event built in Python has UTC times."""
+        sent = self._sent or {
             "session_id": str(self.session_id),
             "start_time": utc_text(self.start_time),
             "end_time": utc_text(self.end_time),
-            "duration_seconds": self.duration_seconds,
             "source_ip": self.source_ip,
             "reason": self.reason,
+        }
+        return {
+            "session_id": sent["session_id"],
+            "start_time": sent["start_time"],
+            "end_time": sent["end_time"],
+            "duration_seconds": self.duration_seconds,
+            # As sent, but for a U+0000, which jsonb cannot hold (see _raw_source).
+            "source_ip": None if sent["source_ip"] is None else self.source_ip,
+            "reason": sent["reason"],
         }
 
 

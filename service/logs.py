@@ -60,3 +60,7 @@ def configure(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # httpx logs every OpenBao request at INFO: one line per tenant per batch. Failures
+    # are logged by the service itself, with what they mean.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -15,6 +15,8 @@ from service.broker import SessionAuditBroker, nats_security
 from service.config import get_settings, redact, without_credentials
 from service.db import get_engine
 from service.docs import SessionAuditAsyncAPI, asyncapi_routes
+from service.encryption.at_rest import get_transit
+from service.encryption.lifecycle import start_encryption, stop_encryption
 from service.handlers import router, session_ends
 from service.repository import head_revision, ping, schema_revision
 
@@ -45,10 +47,17 @@ class StartupError(SystemExit):
     """The service cannot run against this database as it is; the message says what to do."""
 
 
+async def prepare() -> None:
+    """Start-up checks, once: the schema, then OpenBao's token (each stops a wrong start)."""
+    if _prepared.is_set():  # done before the server started (run); say each fact once
+        return
+    await check_schema()
+    await start_encryption(settings)
+    _prepared.set()
+
+
 async def check_schema() -> None:
     """Stop start-up unless the database schema is at the revision this code needs."""
-    if _schema_checked.is_set():  # checked before the server started (run); say it once
-        return
     engine = get_engine()
     try:
         current = await asyncio.wait_for(schema_revision(engine), timeout=10)
@@ -62,14 +71,14 @@ async def check_schema() -> None:
             f"{needed}: run `make migrate` (alembic upgrade head) first"
         )
     logger.info("database schema at revision %s", current)
-    _schema_checked.set()
 
 
-_schema_checked = asyncio.Event()
+_prepared = asyncio.Event()
 
 
-async def dispose_engine() -> None:
-    """Close pooled database connections after the broker has drained."""
+async def release() -> None:
+    """Close pooled connections (database, OpenBao) after the broker has drained."""
+    await stop_encryption()
     await get_engine().dispose()
 
 
@@ -81,13 +90,16 @@ async def healthz(scope: Scope) -> AsgiResponse:
 
 @get(include_in_schema=False)
 async def readyz(scope: Scope) -> AsgiResponse:
-    """Readiness: NATS connected, consumer bound, database answering."""
+    """Readiness: NATS connected, consumer bound, database (and OpenBao, if used) answering."""
     checks = {
         "nats": await broker.ping(timeout=1.0),
         "stream": broker.stream_ready.is_set(),
         "consumer": session_ends.subscription is not None,
         "database": await _database_answers(),
     }
+    transit = get_transit()
+    if transit is not None:
+        checks["openbao"] = await _openbao_answers()
     ready = all(checks.values())
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
     if not ready:
@@ -108,6 +120,16 @@ async def prometheus_metrics(scope: Scope) -> AsgiResponse:
             pending, ack_pending = info.num_pending, info.num_ack_pending
     body = metrics.render(pending, ack_pending)
     return AsgiResponse(body, 200, {"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _openbao_answers() -> bool:
+    transit = get_transit()
+    if transit is None:
+        return True
+    try:
+        return await asyncio.wait_for(transit.health(), timeout=2.0)
+    except TimeoutError:
+        return False
 
 
 async def _database_answers() -> bool:
@@ -139,9 +161,9 @@ class SessionAuditApp(AsgiFastStream):
         run_extra_options: dict[str, Any] | None = None,
     ) -> None:
         """Check the schema, then serve HTTP on HTTP_HOST:HTTP_PORT and run the broker."""
-        # Checked here too, before the server starts, so that a wrong schema ends the
-        # process with its one line rather than inside the ASGI lifespan's traceback.
-        await check_schema()
+        # Checked here too, before the server starts, so that a wrong schema or token ends
+        # the process with its one line rather than inside the ASGI lifespan's traceback.
+        await prepare()
         options = {
             "host": settings.http_host,
             "port": settings.http_port,
@@ -174,6 +196,6 @@ app = SessionAuditApp(
     ],
     specification=specification,
     logger=logging.getLogger("faststream.app"),
-    on_startup=[check_schema],
-    after_shutdown=[dispose_engine],
+    on_startup=[prepare],
+    after_shutdown=[release],
 )

@@ -10,6 +10,8 @@ Of tenants, users and devices only the columns the audit paths touch are built.
 """
 
 import asyncio
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -316,6 +318,26 @@ async def read_audit_logs(
     """The platform's audit list for a tenant as its API reads it: app_user, tenant set."""
     async with as_app_user(owner_url, tenant_id) as conn:
         return await list_audit_logs(conn, tenant_id, page=page, per_page=per_page)
+
+
+def platform_details(openbao: Any, tenant_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    """The details the audit API returns for a listed row (its _decrypt_audit_details).
+
+    encrypted_details first, decrypted with the tenant's data key; on failure or without
+    it, the plaintext details; else {}. openbao is the platform's OpenBao (root token).
+    """
+    encrypted = item.get("encrypted_details")
+    if encrypted:
+        key = f"tenant_{tenant_id}_data"
+        try:
+            answer = openbao.as_root("POST", f"transit/decrypt/{key}", {"ciphertext": encrypted})
+            decrypted: dict[str, Any] = json.loads(base64.b64decode(answer["data"]["plaintext"]))
+        except RuntimeError:
+            pass
+        else:
+            return decrypted
+    plaintext: dict[str, Any] = item.get("details") or {}
+    return plaintext
 
 
 async def log_action(

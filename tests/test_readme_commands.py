@@ -14,11 +14,13 @@ Not run here, and why:
 """
 
 import asyncio
+import base64
 import json
 import os
 import re
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +31,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from service.dev.publisher import ensure_publisher_stream
+from service.dev.openbao import EmbeddedOpenBao
+from service.dev.publisher import SAMPLE_TENANTS, ensure_publisher_stream
 from tests.service_process import wait_for
 from tests.session_events import session_end, subject_of, wire
 from tests.terminal import Terminal
@@ -118,8 +121,11 @@ def started(clone: Path, env: dict[str, str]) -> Terminal:
 
 
 async def publish_and_find_row(nats_url: str, database_url: str) -> dict[str, object]:
-    """Publish one real event to the stack and return its audit row once committed."""
-    event = session_end()
+    """Publish one real event to the stack and return its audit row once committed.
+
+    Its tenant is one whose data key `make run` created in the OpenBao it started.
+    """
+    event = session_end(tenant_id=SAMPLE_TENANTS[0])
     nc = await nats.connect(nats_url)
     try:
         await nc.jetstream().publish(subject_of(event), wire(event))
@@ -129,7 +135,7 @@ async def publish_and_find_row(nats_url: str, database_url: str) -> dict[str, ob
     try:
         for _ in range(200):
             row = await conn.fetchrow(
-                "SELECT action, resource_id, details::text FROM audit_logs "
+                "SELECT action, resource_id, details::text, encrypted_details FROM audit_logs "
                 "WHERE idempotency_key = $1",
                 f"ssh_session_end:{event['session_id']}",
             )
@@ -139,6 +145,19 @@ async def publish_and_find_row(nats_url: str, database_url: str) -> dict[str, ob
     finally:
         await conn.close()
     raise AssertionError(f"no row for session {event['session_id']}")
+
+
+def decrypted(clone: Path, openbao_addr: str, ciphertext: str) -> bytes:
+    """Decrypt as the platform's audit API would, with the stack's root token."""
+    root = json.loads((clone / ".data" / "openbao" / "init.json").read_text())["root_token"]
+    answer = httpx.post(
+        f"{openbao_addr}/v1/transit/decrypt/tenant_{SAMPLE_TENANTS[0]}_data",
+        json={"ciphertext": ciphertext},
+        headers={"X-Vault-Token": root},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return base64.b64decode(answer.json()["data"]["plaintext"])
 
 
 def stops_cleanly_on_ctrl_c(terminal: Terminal) -> None:
@@ -164,6 +183,11 @@ def test_make_run_embedded_serves_rows_samples_dead_letters_and_docs(clone: Path
         stack = endpoints(clone)
         row = asyncio.run(publish_and_find_row(stack["NATS_URL"], stack["DATABASE_URL"]))
         assert row["action"] == "ssh_session_end"
+        # Encrypted with the tenant's data key in the OpenBao that make run started.
+        assert f"OpenBao   {stack['OPENBAO_ADDR']}" in terminal.output
+        assert row["details"] == "{}"
+        details = json.loads(decrypted(clone, stack["OPENBAO_ADDR"], str(row["encrypted_details"])))
+        assert details["session_id"] == row["session_id"]
 
         # The second terminal of the README: no settings exported, the stack found by itself.
         beside = user_env()
@@ -224,6 +248,31 @@ def test_make_run_with_both_servers_external(
         assert listed.returncode in (0, 1), listed.stdout + listed.stderr
     finally:
         stops_cleanly_on_ctrl_c(terminal)
+
+
+def test_make_run_with_the_users_openbao_encrypts_with_its_keys_and_starts_none(
+    clone: Path, tmp_path: Path
+) -> None:
+    with EmbeddedOpenBao(tmp_path / "users-openbao") as bao:
+        # What the user's platform has done: the tenant's data key, the service's token.
+        bao.ensure_data_key(uuid.UUID(SAMPLE_TENANTS[0]))
+        token = bao.service_token_file(tmp_path / "service.token")
+        env = user_env(OPENBAO_ADDR=bao.url, OPENBAO_TOKEN_FILE=str(token))
+        terminal = started(clone, env)
+        try:
+            stack = endpoints(clone)
+            assert f"OpenBao   {bao.url}" in terminal.output
+            row = asyncio.run(publish_and_find_row(stack["NATS_URL"], stack["DATABASE_URL"]))
+            answer = bao.as_root(
+                "POST",
+                f"transit/decrypt/tenant_{SAMPLE_TENANTS[0]}_data",
+                {"ciphertext": row["encrypted_details"]},
+            )
+            details = json.loads(base64.b64decode(answer["data"]["plaintext"]))
+            assert details["session_id"] == row["session_id"]
+        finally:
+            stops_cleanly_on_ctrl_c(terminal)
+    assert not (clone / ".data" / "openbao").exists()
 
 
 def test_make_migrate_then_faststream_run_serves_an_empty_database(

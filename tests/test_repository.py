@@ -28,8 +28,10 @@ def event(**fields: Any) -> SessionEndEvent:
     return parsed
 
 
-def expected_row(e: SessionEndEvent, *, start: str, end: str, seconds: int) -> dict[str, Any]:
-    """The audit_logs row CONTRACT.md asks for, given the event's UTC times."""
+def expected_row(
+    e: SessionEndEvent, *, start: str, end: str, seconds: int, reason: str | None = None
+) -> dict[str, Any]:
+    """The audit_logs row CONTRACT.md asks for; details hold the times and reason as sent."""
     return {
         "tenant_id": str(e.tenant_id),
         "user_id": str(e.user_id) if e.user_id else None,
@@ -43,7 +45,7 @@ def expected_row(e: SessionEndEvent, *, start: str, end: str, seconds: int) -> d
             "end_time": end,
             "duration_seconds": seconds,
             "source_ip": e.source_ip,
-            "reason": e.reason,
+            "reason": e.reason if reason is None else reason,
         },
         "ip_address": e.ip_address,
         "created_at": datetime.fromisoformat(end),
@@ -73,12 +75,16 @@ async def test_batch_writes_one_row_per_event_with_exact_columns(db: asyncpg.Con
     rows = await audit_rows(db)
     assert rows == [
         expected_row(
-            offset, start="2026-03-12T21:07:10Z", end="2026-03-12T21:42:55Z", seconds=2145
+            offset, start="2026-03-12T16:07:10-05:00", end="2026-03-12T16:42:55-05:00", seconds=2145
         ),
+        expected_row(utc, start="2026-03-12T22:00:00Z", end="2026-03-12T22:00:30.5Z", seconds=30),
         expected_row(
-            utc, start="2026-03-12T22:00:00Z", end="2026-03-12T22:00:30.500000Z", seconds=30
+            unknown,
+            start="2026-03-12T23:00:00Z",
+            end="2026-03-12T23:01:00Z",
+            seconds=60,
+            reason="",
         ),
-        expected_row(unknown, start="2026-03-12T23:00:00Z", end="2026-03-12T23:01:00Z", seconds=60),
     ]
     # The same facts spelled out, independent of the event model's own properties.
     assert [row["user_id"] for row in rows] == [None, EXAMPLE["user_id"], EXAMPLE["user_id"]]
@@ -88,7 +94,8 @@ async def test_batch_writes_one_row_per_event_with_exact_columns(db: asyncpg.Con
         "[2001:db8::1]:443",
         "unknown",
     ]
-    assert [row["details"]["reason"] for row in rows] == ["normal", "idle_timeout", None]
+    # As the old consumer stored it: an empty reason stays empty in details.
+    assert [row["details"]["reason"] for row in rows] == ["normal", "idle_timeout", ""]
     assert rows[0]["created_at"] == datetime(2026, 3, 12, 21, 42, 55, tzinfo=UTC)
 
 

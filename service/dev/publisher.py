@@ -61,6 +61,15 @@ _SOURCES = ["203.0.113.7:51514", "[2001:db8::1]:443", "198.51.100.23", "10.20.30
 _OFFSETS = [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=2))]
 
 
+# The tenants of `make publish-sample`: few and fixed, so that the stack `make run` starts
+# can hold their data keys in its OpenBao, as the platform does for its tenants.
+SAMPLE_TENANTS = (
+    "7c1f3a52-0d4e-4b8a-9e61-2f5b8c3d4a01",
+    "a93e6b07-5c21-4f9d-8b34-6e0a1d7c9b02",
+    "e4d28c19-7a6f-4c03-a5b8-91f3c0e2d603",
+)
+
+
 def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
@@ -106,13 +115,13 @@ def sample_messages(
     rng = random.Random(seed)  # noqa: S311 - sample data, not secrets
     for index in range(count):
         if index % 10 == 9:
-            event = session_end(rng, reason="idle_timeout")
+            event = session_end(rng, tenant_id=rng.choice(SAMPLE_TENANTS), reason="idle_timeout")
             yield encode(event)
             yield encode(event | {"reason": "normal"})
         else:
-            yield encode(session_end(rng))
+            yield encode(session_end(rng, tenant_id=rng.choice(SAMPLE_TENANTS)))
     if poison:
-        good = session_end(rng)
+        good = session_end(rng, tenant_id=rng.choice(SAMPLE_TENANTS))
         subject, _ = encode(good)
         yield subject, b"{not json"
         yield subject, json.dumps(good | {"tenant_id": "not-a-uuid"}).encode()

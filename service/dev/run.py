@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Run session-audit locally. Without NATS_URL, starts nats-server with JetStream "
             "and creates the publisher's stream; without DATABASE_URL, starts PostgreSQL; "
-            "both keep their data under --data-dir. Then migrates and runs the service. "
-            "Ctrl-C stops the service gracefully, then the servers it started."
+            "without OPENBAO_ADDR, starts OpenBao with Transit, a token for the service and "
+            "the sample tenants' data keys. Each keeps its data under --data-dir. Then "
+            "migrates and runs the service. Ctrl-C stops the service gracefully, then the "
+            "servers it started."
         ),
     )
     parser.add_argument("--data-dir", type=Path, default=PROJECT / ".data", help="default: ./.data")
@@ -45,22 +47,22 @@ def _run(data_dir: Path, settings: Settings, given: set[str]) -> int:
         nats_url=settings.nats_url if "nats_url" in given else None,
         database_url=settings.database_url if "database_url" in given else None,
         stream=settings.stream,
+        openbao="openbao_addr" not in given,
     ) as endpoints:
         env_file = _publish_endpoints(data_dir, endpoints)
         try:
             base = f"http://{settings.http_host}:{settings.http_port}"
+            openbao = endpoints.openbao_addr or settings.openbao_addr or "not set: plaintext"
             print(
                 f"NATS      {redact(endpoints.nats_url)}\n"
                 f"Postgres  {redact(endpoints.database_url)}\n"
+                f"OpenBao   {openbao}\n"
                 f"Ready     {base}/readyz\n"
                 f"Docs      {base}/docs/asyncapi\n"
                 f"Beside it make publish-sample, make dlq ARGS=list  (endpoints in {env_file})\n",
                 flush=True,
             )
-            env = os.environ | {
-                "NATS_URL": endpoints.nats_url,
-                "DATABASE_URL": endpoints.database_url,
-            }
+            env = os.environ | _service_env(endpoints)
             service = subprocess.Popen(
                 [sys.executable, "-m", "faststream", "run", "service.main:app"],
                 env=env,
@@ -79,12 +81,23 @@ def _run(data_dir: Path, settings: Settings, given: set[str]) -> int:
             env_file.unlink(missing_ok=True)
 
 
+def _service_env(endpoints: Endpoints) -> dict[str, str]:
+    env = {"NATS_URL": endpoints.nats_url, "DATABASE_URL": endpoints.database_url}
+    if endpoints.openbao_addr is not None and endpoints.openbao_token_file is not None:
+        env |= {
+            "OPENBAO_ADDR": endpoints.openbao_addr,
+            "OPENBAO_TOKEN_FILE": str(endpoints.openbao_token_file),
+        }
+    return env
+
+
 def _publish_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
     """Write the stack's endpoints for `make publish-sample`, `make dlq` and friends."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env_file = data_dir / ENDPOINTS_FILE
     env_file.touch(mode=0o600)
-    env_file.write_text(f"NATS_URL={endpoints.nats_url}\nDATABASE_URL={endpoints.database_url}\n")
+    lines = [f"{name}={value}" for name, value in _service_env(endpoints).items()]
+    env_file.write_text("\n".join(lines) + "\n")
     return env_file
 
 

@@ -6,13 +6,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres
-from service.dev.publisher import ensure_publisher_stream
+from service.dev.openbao import EmbeddedOpenBao
+from service.dev.publisher import SAMPLE_TENANTS, ensure_publisher_stream
 from service.repository import create_engine, ensure_login_role
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class Endpoints:
 
     nats_url: str
     database_url: str
+    # Set when the stack started OpenBao: where it listens and the service's token file
+    # (encrypt only; the root token, the platform's access, stays in its init.json).
+    openbao_addr: str | None = None
+    openbao_token_file: Path | None = None
 
 
 @contextmanager
@@ -60,9 +66,19 @@ def local_stack(
     nats_url: str | None = None,
     database_url: str | None = None,
     stream: str = "DEVICE_EVENTS",
+    openbao: bool = False,
 ) -> Iterator[Endpoints]:
-    """Start the servers not given by URL under data_dir, create the stream, migrate."""
+    """Start the servers not given by URL under data_dir, create the stream, migrate.
+
+    With openbao, also start OpenBao with Transit, give the service a token that may only
+    encrypt, and create the data keys of the sample tenants (the platform's job).
+    """
     with ExitStack() as stack:
+        bao: EmbeddedOpenBao | None = None
+        if openbao:
+            bao = stack.enter_context(EmbeddedOpenBao(data_dir / "openbao"))
+            for tenant in SAMPLE_TENANTS:
+                bao.ensure_data_key(UUID(tenant))
         if nats_url is None:
             server = stack.enter_context(EmbeddedNats(data_dir / "nats"))
             nats_url = server.url
@@ -76,4 +92,12 @@ def local_stack(
             database_url = writer_url(postgres.url(DATABASE))
         else:
             migrate(database_url)
-        yield Endpoints(nats_url=nats_url, database_url=database_url)
+        if bao is None:
+            yield Endpoints(nats_url=nats_url, database_url=database_url)
+        else:
+            yield Endpoints(
+                nats_url=nats_url,
+                database_url=database_url,
+                openbao_addr=bao.url,
+                openbao_token_file=bao.service_token_file(bao.workdir / "service.token"),
+            )
