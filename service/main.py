@@ -146,7 +146,10 @@ specification = SessionAuditAsyncAPI(
     version=__version__,
     description=(
         "Consumes the SSH relay's session-end events from JetStream and writes one "
-        "`audit_logs` row per session. Invalid messages are dead-lettered with a reason."
+        "`audit_logs` row per session, as the platform's audit service writes it: the "
+        "session's details encrypted at rest with the tenant's OpenBao Transit data key "
+        "(`encrypted_details`, `details` = `{}`). Invalid messages are dead-lettered with "
+        "a reason."
     ),
     schema_version="3.0.0",
 )

@@ -144,6 +144,7 @@ def test_every_alert_has_a_severity_and_points_at_the_readme_runbook() -> None:
         "SessionAuditLagHigh",
         "SessionAuditDeadLetters",
         "SessionAuditDatabaseUnavailable",
+        "SessionAuditEncryptionUnavailable",
         "SessionAuditNoCommitWhilePending",
         "SessionAuditCommittedEventsOld",
     }
