@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LOAD_ENDPOINTS := set -a; if [ -z "$${NATS_URL:-}" ] && [ -f .data/endpoints.env ]; then . ./.data/endpoints.env; fi; set +a
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format migrate publish-sample dlq bench docs clean
+.PHONY: help install run test lint format migrate publish-sample dlq verify bench docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,10 @@ publish-sample: install ## publish realistic session-end events to the running s
 
 dlq: install ## the dead-letter tool on the running stack: ARGS="list", "show SEQ", "replay …", "--help"
 	@$(LOAD_ENDPOINTS); $(BIN)/python -m service dlq $(or $(ARGS),--help)
+
+verify: install ## check the audit trail of the stack `make run` started, with its key (ARGS="--json", "--since SEQ")
+	@set -a; if [ -f .data/endpoints.env ]; then . ./.data/endpoints.env; DATABASE_URL=$$VERIFIER_DATABASE_URL; fi; set +a; \
+	  $(BIN)/python -m service trail verify $(ARGS)
 
 bench: install ## measure ceiling, baseline, drain, latency and memory; table + bench-results/latest.json (ARGS=--quick)
 	$(BIN)/python -m bench $(ARGS)

@@ -17,6 +17,7 @@ import psutil  # type: ignore[import-untyped]
 
 from bench.servers import PhaseFailed
 from service.dev.embedded import free_port
+from service.trail.keys import generate_key_file
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -51,12 +52,24 @@ def tree_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _signing_key(directory: Path) -> Path:
+    """The bench's trail signing key in directory, made on first use."""
+    path = directory / "trail-signing.seed"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        generate_key_file(path)
+    return path
+
+
 class ServiceProcess:
     """One replica with its own HTTP port and log file."""
 
     def __init__(self, log_file: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.env = os.environ | env | {"HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(self.port)}
+        if "TRAIL_SIGNING_KEY_FILE" not in self.env:
+            # Seals are signed as in production: the signature is part of the write path.
+            self.env["TRAIL_SIGNING_KEY_FILE"] = str(_signing_key(log_file.parent))
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
 

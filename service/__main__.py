@@ -83,17 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     login = commands.add_parser(
         "create-login",
-        help="create a login role for the service (writer) or a reader, if absent",
+        help="create a login role for the service (writer), a reader or a verifier, if absent",
         description=(
-            "Create login role NAME in audit_writer (default) or audit_reader, connecting "
+            "Create login role NAME in audit_writer (default), audit_reader or "
+            "audit_verifier (the trail's verifier: reads every tenant), connecting "
             "as DATABASE_URL, which must be the schema's owner (or a role that may create "
             "roles). The password is asked for on a terminal, else read from standard "
             'input (`printf %s "$PW" | ...`), never from the command line.'
         ),
     )
     login.add_argument("name", help="the login role to create, e.g. session_audit")
-    login.add_argument(
+    role = login.add_mutually_exclusive_group()
+    role.add_argument(
         "--reader", action="store_true", help="a tenant-scoped reader instead of a writer"
+    )
+    role.add_argument(
+        "--verifier",
+        action="store_true",
+        help="a login for `trail verify` (reads every tenant's rows and seals, writes nothing)",
     )
     login.add_argument(
         "--no-password", action="store_true", help="no password (trust or peer authentication)"
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "trail":
         return run_trail(args, settings)
     if args.command == "create-login":
-        group = "reader" if args.reader else "writer"
+        group = "reader" if args.reader else "verifier" if args.verifier else "writer"
         password = None if args.no_password else _read_password()
         created = asyncio.run(create_login(settings, args.name, password, group))
         print(

@@ -29,6 +29,7 @@ from service.deadletters.letters import (
 from service.encryption.at_rest import details_at_rest, get_transit
 from service.events import Refusal, Rejected, SessionEndEvent, parse_session_end
 from service.repository import DatabaseUnavailable, SessionRow, insert_session_ends
+from service.trail.lifecycle import seals_committed, trail_signer
 
 logger = logging.getLogger(__name__)
 settings = get_settings()
@@ -137,7 +138,7 @@ async def _write_and_settle(
     committed: list[Msg] = []
     try:
         with metrics.commit_seconds.time():
-            result = await insert_session_ends(get_engine(), rows=rows)
+            result = await insert_session_ends(get_engine(), rows=rows, signer=trail_signer())
     except DatabaseUnavailable as error:
         metrics.database_errors.labels(error.kind).inc()
         metrics.retries.labels("database_unavailable").inc(len(row_msgs))
@@ -155,6 +156,8 @@ async def _write_and_settle(
                 rejected.append((msg, Rejected(Refusal.DATABASE_REFUSED, detail)))
             else:
                 committed.append(msg)
+        if result.seal is not None:
+            seals_committed()
         metrics.rows_inserted.inc(result.inserted)
         metrics.duplicates_skipped.inc(result.duplicates)
         if rows:

@@ -19,6 +19,7 @@ from service.encryption.at_rest import get_transit
 from service.encryption.lifecycle import start_encryption, stop_encryption
 from service.handlers import router, session_ends
 from service.repository import head_revision, ping, schema_revision
+from service.trail.lifecycle import load_trail_key, start_trail_anchoring, stop_trail_anchoring
 
 settings = get_settings()
 logs.configure(settings.log_level, settings.log_format)
@@ -52,6 +53,7 @@ async def prepare() -> None:
     if _prepared.is_set():  # done before the server started (run); say each fact once
         return
     await check_schema()
+    load_trail_key(settings)
     await start_encryption(settings)
     _prepared.set()
 
@@ -76,8 +78,14 @@ async def check_schema() -> None:
 _prepared = asyncio.Event()
 
 
+async def start_anchoring() -> None:
+    """Anchor the trail's seals through the broker's connection once it is up."""
+    start_trail_anchoring(lambda: broker.config.connection_state.stream, get_engine(), settings)
+
+
 async def release() -> None:
     """Close pooled connections (database, OpenBao) after the broker has drained."""
+    await stop_trail_anchoring()
     await stop_encryption()
     await get_engine().dispose()
 
@@ -200,5 +208,6 @@ app = SessionAuditApp(
     specification=specification,
     logger=logging.getLogger("faststream.app"),
     on_startup=[prepare],
+    after_startup=[start_anchoring],
     after_shutdown=[release],
 )

@@ -15,6 +15,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service.events import SessionEndEvent
+from service.trail.hashing import RowImage
+from service.trail.keys import Signer
+from service.trail.seals import Seal, SealedRow, append_seal
 
 ACTION = "ssh_session_end"
 RESOURCE_TYPE = "device"
@@ -104,6 +107,8 @@ class InsertResult:
     duplicates: int = 0
     refused: dict[int, str] = field(default_factory=dict)
     written: list[WrittenRow] = field(default_factory=list, compare=False)
+    # The trail's seal over the written rows, committed with them; None when none were.
+    seal: Seal | None = field(default=None, compare=False)
 
 
 def tls_context(sslmode: str, root_cert: Path | None) -> ssl.SSLContext | bool:
@@ -178,11 +183,14 @@ async def insert_session_ends(
     *,
     events: Sequence[SessionEndEvent] = (),
     rows: Sequence[SessionRow] | None = None,
+    signer: Signer | None = None,
 ) -> InsertResult:
     """Write one audit row per new session in one transaction; isolate rows the database refuses.
 
     `rows` carry their details as stored (encrypted or not); plain `events` are written
-    with plaintext details. Positions in `refused` index whichever was given.
+    with plaintext details. Positions in `refused` index whichever was given. The rows
+    written are sealed in the same transaction (signed by signer; unsigned without one),
+    so that no row is ever committed outside the trail.
     """
     batch = list(rows) if rows is not None else [plaintext_row(e) for e in events]
     if not batch:
@@ -196,8 +204,12 @@ async def insert_session_ends(
         try:
             async with engine.begin() as conn:
                 written = await _write(conn, ordered)
+                seal = await _seal(conn, ordered, written, signer)
             return InsertResult(
-                inserted=len(written), duplicates=len(batch) - len(written), written=written
+                inserted=len(written),
+                duplicates=len(batch) - len(written),
+                written=written,
+                seal=seal,
             )
         except DBAPIError as error:
             if _sqlstate(error) in _RETRY_AT_ONCE and attempt + 1 < _CONFLICT_RETRIES:
@@ -209,9 +221,52 @@ async def insert_session_ends(
             raise DatabaseUnavailable(error) from error
     try:
         async with engine.begin() as conn:
-            return await _insert_one_by_one(conn, batch)
+            result = await _insert_one_by_one(conn, batch)
+            result.seal = await _seal(conn, batch, result.written, signer)
+            return result
     except (DBAPIError, OSError) as error:
         raise DatabaseUnavailable(error) from error
+
+
+async def _seal(
+    conn: AsyncConnection,
+    rows: Sequence[SessionRow],
+    written: Sequence[WrittenRow],
+    signer: Signer | None,
+) -> Seal | None:
+    """Append the trail's seal over the rows just written (docs/trail.md)."""
+    by_session = {row.event.session_id: row for row in rows}
+    return await append_seal(
+        conn,
+        rows=[_sealed(by_session[w.session_id], w) for w in written],
+        signer=signer,
+    )
+
+
+def _sealed(row: SessionRow, written: WrittenRow) -> SealedRow:
+    """The row as stored, built from what was inserted and what the database chose.
+
+    Built, not read back: the writer may not SELECT audit_logs. The verifier recomputes
+    every hash from the stored row, so a difference here would show as a finding.
+    """
+    event = row.event
+    image = RowImage(
+        id=written.id,
+        tenant_id=event.tenant_id,
+        user_id=event.user_id,
+        action=ACTION,
+        resource_type=RESOURCE_TYPE,
+        resource_id=str(event.device_id),
+        device_id=event.device_id,
+        details=json.loads(row.details),
+        encrypted_details=row.encrypted_details,
+        ip_address=written.ip_address,
+        created_at=event.end_time,
+        occurred_at=event.end_time,
+        ingested_at=written.ingested_at,
+        idempotency_key=f"{ACTION}:{event.session_id}",
+    )
+    return SealedRow(image=image, session_id=event.session_id)
 
 
 async def _insert_one_by_one(conn: AsyncConnection, rows: Sequence[SessionRow]) -> InsertResult:
@@ -260,13 +315,13 @@ async def schema_revision(engine: AsyncEngine) -> str | None:
 
 
 _ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-GROUP_ROLES = {"writer": "audit_writer", "reader": "audit_reader"}
+GROUP_ROLES = {"writer": "audit_writer", "reader": "audit_reader", "verifier": "audit_verifier"}
 
 
 async def ensure_login_role(
     engine: AsyncEngine, *, name: str, password: str | None, group: str
 ) -> bool:
-    """Create login role name as a member of audit_writer or audit_reader; False if it exists."""
+    """Create login role name as a member of a GROUP_ROLES group; False if it exists."""
     if not _ROLE_NAME.fullmatch(name):
         msg = f"role name {name!r} must be lower-case letters, digits and _"
         raise ValueError(msg)

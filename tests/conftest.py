@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, make_url
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from service.dev.publisher import ensure_publisher_stream
 from service.dev.stack import migrate, writer_url
+from service.trail.keys import generate_key_file
 
 RUN_ID = uuid.uuid4().hex[:8]
 _servers = ExitStack()
@@ -70,6 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
     migrate(owner)
     # The service under test logs in as production's does: an insert-only writer.
     writer = writer_url(owner, role=WRITER_ROLE, password=uuid.uuid4().hex)
+    # Every service process of the run signs its seals as production's must.
+    signing_key = _workdir / "trail-signing.seed"
+    key_id = generate_key_file(signing_key)
     os.environ.update(
         NATS_URL=nats_url,
         DATABASE_URL=writer,
@@ -77,6 +81,9 @@ def pytest_configure(config: pytest.Config) -> None:
         DURABLE=f"session-audit-test-{RUN_ID}",
         DLQ_STREAM=f"AUDIT_DLQ_TEST_{RUN_ID}",
         HTTP_PORT=str(free_port()),
+        TRAIL_SIGNING_KEY_FILE=str(signing_key),
+        TRAIL_TRUSTED_KEYS=key_id,
+        TRAIL_ANCHOR_STREAM=f"AUDIT_SEALS_TEST_{RUN_ID}",
     )
     asyncio.run(ensure_publisher_stream(nats_url, "DEVICE_EVENTS"))
 
@@ -88,6 +95,7 @@ async def _forget_run(nats_url: str) -> None:
         for delete in (
             js.delete_consumer("DEVICE_EVENTS", os.environ["DURABLE"]),
             js.delete_stream(os.environ["DLQ_STREAM"]),
+            js.delete_stream(os.environ["TRAIL_ANCHOR_STREAM"]),
         ):
             with suppress(NotFoundError):
                 await delete

@@ -73,17 +73,11 @@ async def trail(trail_db: TrailDatabase) -> TrailDatabase:
 
 @pytest.fixture
 async def anchor_stream(js: JetStreamContext) -> AsyncIterator[str]:
-    """A fresh anchor stream name; the stream (audit.seals.> can have one) deleted around it."""
-
-    async def forget() -> None:
-        for info in await js.streams_info():
-            if f"{SUBJECT_PREFIX}.>" in (info.config.subjects or []):
-                with suppress(NotFoundError):
-                    await js.delete_stream(info.config.name or "")
-
-    await forget()
-    yield f"AUDIT_SEALS_TEST_{uuid.uuid4().hex[:8]}"
-    await forget()
+    """A fresh anchor stream name, the stream deleted after the test."""
+    name = f"AUDIT_SEALS_TEST_{uuid.uuid4().hex[:8]}"
+    yield name
+    with suppress(NotFoundError):
+        await js.delete_stream(name)
 
 
 async def anchor(trail: TrailDatabase, js: JetStreamContext, stream: str) -> int:
@@ -242,7 +236,7 @@ async def test_anchoring_publishes_each_seal_once_in_order_from_several_replicas
     info = await js.stream_info(anchor_stream)
     assert info.state.messages == 5  # the same seal from two replicas is stored once
     subjects = [(await js.get_msg(anchor_stream, n)).subject for n in range(1, 6)]
-    assert subjects == [f"{SUBJECT_PREFIX}.{seq}" for seq in range(1, 6)]
+    assert subjects == [f"{SUBJECT_PREFIX}.{anchor_stream}.{seq}" for seq in range(1, 6)]
     assert info.config.deny_delete
     assert info.config.deny_purge
 

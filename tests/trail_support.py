@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from service.config import Settings
 from service.dev.stack import migrate, writer_url
 from service.events import SessionEndEvent
-from service.repository import ACTION, create_engine, insert_session_ends
+from service.repository import ACTION, _write, create_engine, insert_session_ends, plaintext_row
 from service.trail.anchor import AnchorReader
 from service.trail.hashing import row_image_from_record
 from service.trail.keys import Signer, signer_from_seed, trusted_keys
@@ -103,13 +103,15 @@ def events(count: int, **fields: Any) -> list[SessionEndEvent]:
 
 
 async def insert_as_the_service(db: TrailDatabase, batch: Sequence[SessionEndEvent]) -> None:
-    """Write the batch with the service's own INSERT, as its writer login."""
+    """Write the batch with the service's own INSERT statement, as its writer login, and
+    no seal: rows as a writer without the trail (an older release) left them."""
     engine = create_engine(db.writer_url)
     try:
-        result = await insert_session_ends(engine, events=batch)
+        async with engine.begin() as conn:
+            written = await _write(conn, [plaintext_row(e) for e in batch])
     finally:
         await engine.dispose()
-    assert (result.inserted, result.refused) == (len(batch), {})
+    assert len(written) == len(batch)
 
 
 async def stored_rows(db: TrailDatabase, sessions: Sequence[uuid.UUID]) -> list[SealedRow]:
@@ -138,12 +140,16 @@ async def seal(db: TrailDatabase, rows: Sequence[SealedRow], signer: Signer | No
 async def write_and_seal(
     db: TrailDatabase, count: int, signer: Signer | None, **fields: Any
 ) -> tuple[Seal, list[SessionEndEvent]]:
-    """count new sessions written by the service's INSERT and sealed as one batch."""
+    """count new sessions written and sealed by the service's writer, as one batch."""
     batch = events(count, **fields)
-    await insert_as_the_service(db, batch)
-    sealed = await seal(db, await stored_rows(db, [e.session_id for e in batch]), signer)
-    assert sealed is not None
-    return sealed, batch
+    engine = create_engine(db.writer_url)
+    try:
+        result = await insert_session_ends(engine, events=batch, signer=signer)
+    finally:
+        await engine.dispose()
+    assert (result.inserted, result.refused) == (len(batch), {})
+    assert result.seal is not None
+    return result.seal, batch
 
 
 def anchor_settings(stream: str) -> Settings:

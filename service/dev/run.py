@@ -11,6 +11,7 @@ from pathlib import Path
 
 from service.config import Settings, redact
 from service.dev.stack import PROJECT, Endpoints, local_stack
+from service.trail.keys import TrailKeyError, generate_key_file, load_signer
 
 ENDPOINTS_FILE = "endpoints.env"
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     with _terminal_foreground():
         try:
             return _run(args.data_dir, settings, given)
+        except TrailKeyError as error:
+            print(f"configuration error: TRAIL_SIGNING_KEY_FILE: {error}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:  # Ctrl-C while the stack was still starting
             print("interrupted; stopped what had started", file=sys.stderr)
             return 0
@@ -49,7 +53,8 @@ def _run(data_dir: Path, settings: Settings, given: set[str]) -> int:
         stream=settings.stream,
         openbao="openbao_addr" not in given,
     ) as endpoints:
-        env_file = _publish_endpoints(data_dir, endpoints)
+        trail = _trail_settings(data_dir, settings, given)
+        env_file = _publish_endpoints(data_dir, endpoints, trail)
         try:
             base = f"http://{settings.http_host}:{settings.http_port}"
             openbao = endpoints.openbao_addr or settings.openbao_addr or "not set: plaintext"
@@ -57,12 +62,15 @@ def _run(data_dir: Path, settings: Settings, given: set[str]) -> int:
                 f"NATS      {redact(endpoints.nats_url)}\n"
                 f"Postgres  {redact(endpoints.database_url)}\n"
                 f"OpenBao   {openbao}\n"
+                f"Trail     seals signed by {trail['TRAIL_TRUSTED_KEYS']} "
+                f"({trail['TRAIL_SIGNING_KEY_FILE']})\n"
                 f"Ready     {base}/readyz\n"
                 f"Docs      {base}/docs/asyncapi\n"
-                f"Beside it make publish-sample, make dlq ARGS=list  (endpoints in {env_file})\n",
+                f"Beside it make publish-sample, make dlq ARGS=list, make verify"
+                f"  (endpoints in {env_file})\n",
                 flush=True,
             )
-            env = os.environ | _service_env(endpoints)
+            env = os.environ | _service_env(endpoints) | trail
             service = subprocess.Popen(
                 [sys.executable, "-m", "faststream", "run", "service.main:app"],
                 env=env,
@@ -91,12 +99,34 @@ def _service_env(endpoints: Endpoints) -> dict[str, str]:
     return env
 
 
-def _publish_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
-    """Write the stack's endpoints for `make publish-sample`, `make dlq` and friends."""
+def _trail_settings(data_dir: Path, settings: Settings, given: set[str]) -> dict[str, str]:
+    """The signing key (a development key under data_dir unless one is set) and its id."""
+    if "trail_signing_key_file" in given and settings.trail_signing_key_file is not None:
+        key_file = settings.trail_signing_key_file
+        key_id = load_signer(key_file).key_id
+    else:
+        key_file = data_dir / "trail" / "signing.seed"
+        if key_file.exists():
+            key_id = load_signer(key_file).key_id
+        else:
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_id = generate_key_file(key_file)
+    trusted = settings.trail_trusted_keys if "trail_trusted_keys" in given else ""
+    return {
+        "TRAIL_SIGNING_KEY_FILE": str(key_file),
+        "TRAIL_TRUSTED_KEYS": ",".join(filter(None, [key_id, trusted])),
+    }
+
+
+def _publish_endpoints(data_dir: Path, endpoints: Endpoints, trail: dict[str, str]) -> Path:
+    """Write the stack's endpoints for `make publish-sample`, `make dlq`, `make verify`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     env_file = data_dir / ENDPOINTS_FILE
     env_file.touch(mode=0o600)
     lines = [f"{name}={value}" for name, value in _service_env(endpoints).items()]
+    lines += [f"{name}={value}" for name, value in trail.items()]
+    # `make verify` reads as this login, not as the writer.
+    lines.append(f"VERIFIER_DATABASE_URL={endpoints.verifier_url}")
     env_file.write_text("\n".join(lines) + "\n")
     return env_file
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -27,17 +28,38 @@ WRITER = "session_audit"
 
 def writer_url(owner_url: str, role: str = WRITER, password: str | None = None) -> str:
     """Create login role `role` in audit_writer if absent; the URL to connect as it."""
+    return login_url(owner_url, role=role, password=password, group="writer")
+
+
+def login_url(owner_url: str, *, role: str, password: str | None, group: str) -> str:
+    """Create login role `role` in group's role (GROUP_ROLES) if absent; its URL."""
 
     async def create() -> None:
         engine = create_engine(owner_url)
         try:
-            await ensure_login_role(engine, name=role, password=password, group="writer")
+            await ensure_login_role(engine, name=role, password=password, group=group)
         finally:
             await engine.dispose()
 
     asyncio.run(create())
     url = make_url(owner_url).set(username=role, password=password)
     return url.render_as_string(hide_password=False)
+
+
+def verifier_url(owner_url: str, secret_file: Path) -> str:
+    """A login in audit_verifier for `make verify`, kept in secret_file across runs.
+
+    Its name is new with each new secret file, so that a role left on an external
+    server by an earlier .data/ is never one whose password is lost.
+    """
+    if secret_file.exists():
+        role, password = secret_file.read_text().split()
+    else:
+        role, password = f"session_audit_verifier_{secrets.token_hex(4)}", secrets.token_hex(16)
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.touch(mode=0o600)
+        secret_file.write_text(f"{role} {password}\n")
+    return login_url(owner_url, role=role, password=password, group="verifier")
 
 
 def migrate(database_url: str, revision: str = "head") -> None:
@@ -53,6 +75,8 @@ class Endpoints:
 
     nats_url: str
     database_url: str
+    # A login in audit_verifier on the same database, for `make verify`.
+    verifier_url: str
     # Set when the stack started OpenBao: where it listens and the service's token file
     # (encrypt only; the root token, the platform's access, stays in its init.json).
     openbao_addr: str | None = None
@@ -87,17 +111,21 @@ def local_stack(
         if database_url is None:
             postgres = stack.enter_context(EmbeddedPostgres(data_dir / "postgres"))
             postgres.create_database(DATABASE)
-            migrate(postgres.url(DATABASE))
+            owner_url = postgres.url(DATABASE)
+            migrate(owner_url)
             # The service runs as an insert-only login, not as the schema's owner.
-            database_url = writer_url(postgres.url(DATABASE))
+            database_url = writer_url(owner_url)
         else:
-            migrate(database_url)
+            owner_url = database_url
+            migrate(owner_url)
+        verifier = verifier_url(owner_url, data_dir / "trail" / "verifier.login")
         if bao is None:
-            yield Endpoints(nats_url=nats_url, database_url=database_url)
+            yield Endpoints(nats_url=nats_url, database_url=database_url, verifier_url=verifier)
         else:
             yield Endpoints(
                 nats_url=nats_url,
                 database_url=database_url,
+                verifier_url=verifier,
                 openbao_addr=bao.url,
                 openbao_token_file=bao.service_token_file(bao.workdir / "service.token"),
             )

@@ -3,7 +3,7 @@
 The database can be rewritten by whoever owns it; the anchor lives elsewhere (NATS, under
 other credentials), so deleting the newest seals together with their rows, which leaves a
 chain that is intact as far as it goes, still shows against the anchor. One message per
-seal on `audit.seals.<seq>`: headers Audit-Seal-Seq and Audit-Seal-Hash (hex), and
+seal on `audit.seals.<stream>.<seq>`: headers Audit-Seal-Seq and Audit-Seal-Hash (hex), and
 Nats-Msg-Id `seal:<seq>`, so that replicas anchoring the same seal store it once; the
 payload is the JSON array [[row id, session id], ...] of the seal, so that a verifier can
 name the sessions of a seal that is gone from the database. The stream denies deleting and
@@ -52,7 +52,7 @@ async def ensure_anchor_stream(js: JetStreamContext, settings: Settings) -> None
         await js.add_stream(
             api.StreamConfig(
                 name=name,
-                subjects=[f"{SUBJECT_PREFIX}.>"],
+                subjects=[f"{subject_of(name, None)}"],
                 retention=api.RetentionPolicy.LIMITS,
                 storage=api.StorageType.FILE,
                 max_age=settings.trail_anchor_max_age_days * 86_400,
@@ -61,7 +61,16 @@ async def ensure_anchor_stream(js: JetStreamContext, settings: Settings) -> None
                 deny_purge=True,
             )
         )
-        logger.info("created seal anchor stream %s for %s.>", name, SUBJECT_PREFIX)
+        logger.info("created seal anchor stream %s for %s", name, subject_of(name, None))
+
+
+def subject_of(stream: str, seq: int | None) -> str:
+    """Seal seq's anchor subject; with seq None, the stream's wildcard.
+
+    The stream's name is in it, so that anchor streams of different trails (databases)
+    can share a NATS server without their subjects overlapping.
+    """
+    return f"{SUBJECT_PREFIX}.{stream}.{'>' if seq is None else seq}"
 
 
 def anchor_headers(seq: int, seal_hash: bytes) -> dict[str, str]:
@@ -71,7 +80,7 @@ def anchor_headers(seq: int, seal_hash: bytes) -> dict[str, str]:
 
 async def publish_anchor(js: JetStreamContext, stream: str, seal: SealSummary) -> None:
     """Publish one seal's anchor and wait for the stream's ack."""
-    subject = f"{SUBJECT_PREFIX}.{seal.seq}"
+    subject = subject_of(stream, seal.seq)
     headers = anchor_headers(seal.seq, seal.seal_hash)
     rows = [[str(r), str(s)] for r, s in zip(seal.row_ids, seal.session_ids, strict=True)]
     payload = json.dumps(rows, separators=(",", ":")).encode()
@@ -205,7 +214,10 @@ class AnchorReader:
         if not self.last_stream_seq:
             return
         sub = await self.js.subscribe(
-            f"{SUBJECT_PREFIX}.>", stream=self.stream, ordered_consumer=True, headers_only=True
+            subject_of(self.stream, None),
+            stream=self.stream,
+            ordered_consumer=True,
+            headers_only=True,
         )
         found: list[Anchored] = []
         try:
@@ -237,7 +249,7 @@ class AnchorReader:
     async def rows_of(self, seq: int) -> list[tuple[UUID, UUID]] | None:
         """(row id, session id) of the seal the anchor names seq, None if it does not say."""
         try:
-            msg = await self.js.get_last_msg(self.stream, f"{SUBJECT_PREFIX}.{seq}")
+            msg = await self.js.get_last_msg(self.stream, subject_of(self.stream, seq))
         except NotFoundError:
             return None
         try:

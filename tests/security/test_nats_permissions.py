@@ -34,6 +34,7 @@ USERS = {
     "reader": PASSWORDS["NATS_READER_PASSWORD"],
 }
 DURABLE, STREAM, DLQ = "session-audit-writer", "DEVICE_EVENTS", "AUDIT_DLQ"
+SEALS = "AUDIT_SEALS"  # the anchor stream deploy/nats-server.conf names
 
 
 @dataclass
@@ -84,7 +85,7 @@ async def deployed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[De
         await relay.jetstream().add_stream(publisher_stream_config(STREAM))
         settings = {"NATS_URL": server.url, "NATS_USER": "session-audit",
                     "NATS_PASSWORD": USERS["session-audit"], "DURABLE": DURABLE,
-                    "DLQ_STREAM": DLQ}  # fmt: skip
+                    "DLQ_STREAM": DLQ, "TRAIL_ANCHOR_STREAM": SEALS}  # fmt: skip
         async with ready_service(directory / "service.log", **settings) as service:
             assert service.get("/metrics").status_code == 200  # reads its consumer's info
             # Binding, creating its durable and the DLQ stream: all allowed.
@@ -121,7 +122,16 @@ async def test_relay_events_become_rows_and_dead_letters_with_the_service_user(
         return await deployed.messages(DLQ) == 1
 
     await eventually(dead_lettered, within=20, what="the poison event's dead letter")
-    # Fetching, acking, terminating and dead-lettering are allowed, and so is relaying.
+
+    async def anchored() -> bool:
+        try:
+            return await deployed.messages(SEALS) >= 1
+        except nats.js.errors.NotFoundError:  # created with the first anchor
+            return False
+
+    await eventually(anchored, within=20, what="the row's seal anchored")
+    # Fetching, acking, terminating, dead-lettering and anchoring are allowed, and so is
+    # relaying.
     assert deployed.violations_of("session-audit", since=start) == []
     assert relay_violations == []
 
