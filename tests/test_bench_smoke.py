@@ -28,7 +28,14 @@ def test_quick_benchmark_runs_every_phase_with_exact_totals(tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(output.read_text())
     assert not report["failures"]
-    assert set(report["phases"]) == {"ceiling", "baseline", "drain", "replicas", "latency"}
+    assert set(report["phases"]) == {
+        "ceiling",
+        "baseline",
+        "drain",
+        "encryption",
+        "replicas",
+        "latency",
+    }
     assert {target["name"] for target in report["targets"]} >= {
         "drain vs ceiling",
         "drain vs baseline",
@@ -36,5 +43,7 @@ def test_quick_benchmark_runs_every_phase_with_exact_totals(tmp_path: Path) -> N
         "p99 at 100/s",
         "peak RSS (drain)",
         "two replicas vs one",
+        "enc. drain vs Transit, 1 tenant",
+        "enc. drain vs Transit, 50 tenants",
     }
     assert "ceiling" in done.stdout

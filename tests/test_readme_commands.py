@@ -210,6 +210,13 @@ def test_make_run_embedded_serves_rows_samples_dead_letters_and_docs(clone: Path
         docs = httpx.get(f"{base}/docs/asyncapi", timeout=5)
         assert docs.status_code == 200
         assert "<html" in docs.text.lower()
+
+        def verified() -> bool:  # once the samples are written and their seals anchored
+            done = make(clone, "verify", env=beside)
+            assert done.returncode in (0, 1), done.stdout + done.stderr
+            return done.returncode == 0 and "anchor read through seal" in done.stdout
+
+        wait_for(verified, timeout=30, what="make verify to find the trail intact")
     finally:
         stops_cleanly_on_ctrl_c(terminal)
     assert not (clone / ".data" / "endpoints.env").exists()  # no stale endpoints left behind
@@ -292,6 +299,19 @@ def test_make_migrate_then_faststream_run_serves_an_empty_database(
     env["PATH"] = f"{clone / '.venv' / 'bin'}:{env['PATH']}"
     port = free_port()
     command = ["faststream", "run", "service.main:app", "--port", str(port)]
+    # Without a signing key the service does not start, and says what to set.
+    refused = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "configuration error: TRAIL_SIGNING_KEY_FILE: " in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    keygen = subprocess.run(
+        ["python", "-m", "service", "trail", "keygen", "trail.seed"],
+        cwd=clone, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert keygen.returncode == 0, keygen.stderr
+    key_id = keygen.stdout.split()[-1]
+    assert key_id.startswith("N"), keygen.stdout
+    env["TRAIL_SIGNING_KEY_FILE"] = str(clone / "trail.seed")
     terminal = Terminal(command, cwd=clone, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -303,6 +323,25 @@ def test_make_migrate_then_faststream_run_serves_an_empty_database(
         code = terminal.ctrl_c()
     assert code == 0, terminal.output
     assert terminal.output.count("database schema at revision") == 1, terminal.output
+
+    # The auditor's side: a verifier login, then the trail checked with the trusted key.
+    login = subprocess.run(
+        ["python", "-m", "service", "create-login", "auditor", "--verifier"],
+        cwd=clone, env=env, input="auditor-pw", capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert login.returncode == 0, login.stderr
+    assert "auditor: created in audit_verifier" in login.stdout
+    auditor = make_url(users_postgres).set(username="auditor", password="auditor-pw")
+    verify_env = env | {
+        "DATABASE_URL": auditor.render_as_string(hide_password=False),
+        "TRAIL_TRUSTED_KEYS": key_id,
+    }
+    verified = subprocess.run(
+        ["python", "-m", "service", "trail", "verify"],
+        cwd=clone, env=verify_env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("intact: seals 1..1 (1 seals, 1 rows)"), verified.stdout
 
 
 async def _schema_revision(database_url: str) -> str:
@@ -371,6 +410,7 @@ RUN_BY = {
     "make help": "test_make_help_lists_every_target_with_a_line",
     "make publish-sample": EMBEDDED,
     "make dlq": EMBEDDED,
+    "make verify": EMBEDDED,
     "make migrate": "test_make_migrate_then_faststream_run_serves_an_empty_database",
     "make docs": "test_make_docs_leaves_the_committed_document_unchanged",
     "make format": "test_make_format_leaves_the_committed_code_unchanged",
@@ -381,6 +421,7 @@ RUN_BY = {
     "faststream run": "test_make_migrate_then_faststream_run_serves_an_empty_database",
     "python -m service dlq": "tests/test_dlq_tool.py",
     "python -m service create-login": "tests/test_create_login.py",
+    "python -m service trail": "test_make_migrate_then_faststream_run_serves_an_empty_database",
     "docker compose": "NOT RUN HERE: no container engine; tests/test_deployment_files.py",
     "nats consumer": "NOT RUN HERE: the operator's nats CLI; the durable's rules: tests/faults",
     "pytest -m": "NOT RUN HERE: part of make test",

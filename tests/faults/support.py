@@ -5,7 +5,9 @@ stopped, killed or restarted without touching any other test), creates DEVICE_EV
 as the relay does, migrates a database and runs the service as the insert-only writer
 login, as production does. The oracle is the set of messages the scenario published:
 every valid session must end as exactly one row, every invalid message as exactly one
-dead letter, and the durable must be drained.
+dead letter, and the durable must be drained; and `trail verify`, run as an auditor
+would, must find the trail intact: every row sealed once, the chain whole, the anchor
+matching, whatever the scenario did to the servers and the service.
 """
 
 import asyncio
@@ -14,6 +16,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,7 +33,7 @@ from nats.js.api import ConsumerInfo
 
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres
 from service.dev.publisher import ensure_publisher_stream
-from service.dev.stack import migrate, writer_url
+from service.dev.stack import migrate, verifier_url, writer_url
 from tests.faults.traffic import (
     STREAM,
     SUBJECT_PREFIX,
@@ -111,6 +114,7 @@ class FaultStack:
     postgres: EmbeddedPostgres
     owner_url: str = ""  # set-up and assertions run as the database's owner
     writer_url: str = ""  # the service runs as the insert-only writer, like production
+    verifier_url: str = ""  # `trail verify` runs as a login in audit_verifier
     nc: Client | None = None
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -266,7 +270,35 @@ class FaultStack:
         )
         assert not problems, "\n".join(problems)
         assert info.delivered is not None
+        await self.trail_intact()
         return Outcome(rows, len(letters), info.delivered.consumer_seq, drain_s)
+
+    async def trail_verify(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`python -m service trail verify ARGS` on this stack, as the auditor runs it.
+
+        The trusted key comes from the run's environment (TRAIL_TRUSTED_KEYS), as the
+        signing key of every service process does.
+        """
+        env = os.environ | {"NATS_URL": self.nats.url, "DATABASE_URL": self.verifier_url}
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "service", "trail", "verify", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    async def trail_intact(self) -> None:
+        """trail verify exits 0 once the newest seals are anchored (a few seconds at most)."""
+        result = await self.trail_verify()
+        for _ in range(20):
+            if result.returncode == 0 and "not yet anchored" not in result.stdout:
+                break
+            await asyncio.sleep(0.5)
+            result = await self.trail_verify()
+        assert result.returncode == 0, result.stdout + result.stderr
 
     async def close(self) -> None:
         """Stop every service process, then the servers; for the end of a scenario."""
@@ -331,6 +363,9 @@ async def fault_stack(root: Path, *, create_stream: bool = True) -> AsyncIterato
         await asyncio.to_thread(migrate, stack.owner_url)
         stack.writer_url = await asyncio.to_thread(
             writer_url, stack.owner_url, role=WRITER, password=None
+        )
+        stack.verifier_url = await asyncio.to_thread(
+            verifier_url, stack.owner_url, root / "verifier.login"
         )
         if create_stream:
             await ensure_publisher_stream(stack.nats.url, STREAM)
