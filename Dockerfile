@@ -10,7 +10,9 @@ RUN uv sync --frozen --no-default-groups --no-install-project
 
 # Final stage: the interpreter, the virtualenv and the code; no compilers, no uv.
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin audit
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin audit \
+    # The trail's signing key lives here (compose mounts a volume): the service's alone.
+    && mkdir -p /run/trail && chown audit /run/trail && chmod 0700 /run/trail
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 COPY pyproject.toml ./

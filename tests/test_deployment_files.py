@@ -45,6 +45,12 @@ def test_compose_migrates_once_before_the_service_starts() -> None:
     script = migrate["command"][2]
     assert script.startswith("alembic upgrade head && ")
     assert "python -m service create-login session_audit" in script
+    # The trail's key: made once in the volume the service reads it from, never replaced.
+    key = services["session-audit"]["environment"]["TRAIL_SIGNING_KEY_FILE"]
+    assert f"(test -f {key} || python -m service trail keygen {key})" in script
+    assert "trail-key:/run/trail" in migrate["volumes"]
+    assert "trail-key:/run/trail:ro" in services["session-audit"]["volumes"]
+    assert "mkdir -p /run/trail && chown audit /run/trail" in (PROJECT / "Dockerfile").read_text()
     assert migrate["environment"]["DATABASE_URL"].startswith("postgresql+asyncpg://audit:")
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     depends = services["session-audit"]["depends_on"]
