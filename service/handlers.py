@@ -27,7 +27,7 @@ from service.deadletters.letters import (
     stream_position,
 )
 from service.encryption.at_rest import details_at_rest, get_transit
-from service.events import Refusal, Rejected, SessionEndEvent, parse_session_end
+from service.events import Refusal, Rejected, SessionEndEvent, parse_session_ends
 from service.repository import DatabaseUnavailable, SessionRow, insert_session_ends
 from service.trail.lifecycle import seals_committed, trail_signer
 
@@ -103,8 +103,10 @@ async def handle_batch(msgs: Sequence[Msg]) -> None:
     events: list[SessionEndEvent] = []
     event_msgs: list[Msg] = []
     rejected: list[tuple[Msg, Rejected]] = []
-    for msg in msgs:
-        outcome = parse_session_end(msg.subject, msg.data, max_bytes=settings.max_payload_bytes)
+    outcomes = parse_session_ends(
+        [(msg.subject, msg.data) for msg in msgs], max_bytes=settings.max_payload_bytes
+    )
+    for msg, outcome in zip(msgs, outcomes, strict=True):
         if isinstance(outcome, Rejected):
             rejected.append((msg, outcome))
         else:
@@ -157,6 +159,7 @@ async def _write_and_settle(
             else:
                 committed.append(msg)
         if result.seal is not None:
+            metrics.seal_seconds.observe(result.seal_seconds)
             seals_committed()
         metrics.rows_inserted.inc(result.inserted)
         metrics.duplicates_skipped.inc(result.duplicates)

@@ -55,6 +55,12 @@ encrypt_seconds = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=registry,
 )
+seal_seconds = Histogram(
+    f"{PREFIX}_seal_seconds",
+    "Time to seal one committed batch (row hashes, the append lock, the seal's INSERT).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=registry,
+)
 batch_size = Histogram(
     f"{PREFIX}_batch_size",
     "Messages per handled batch.",

@@ -3,6 +3,7 @@
 import json
 import re
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -109,6 +110,8 @@ class InsertResult:
     written: list[WrittenRow] = field(default_factory=list, compare=False)
     # The trail's seal over the written rows, committed with them; None when none were.
     seal: Seal | None = field(default=None, compare=False)
+    # Time spent sealing inside the transaction (the trail's share of the write).
+    seal_seconds: float = field(default=0.0, compare=False)
 
 
 def tls_context(sslmode: str, root_cert: Path | None) -> ssl.SSLContext | bool:
@@ -204,12 +207,15 @@ async def insert_session_ends(
         try:
             async with engine.begin() as conn:
                 written = await _write(conn, ordered)
+                began = time.perf_counter()
                 seal = await _seal(conn, ordered, written, signer)
+                sealing = time.perf_counter() - began
             return InsertResult(
                 inserted=len(written),
                 duplicates=len(batch) - len(written),
                 written=written,
                 seal=seal,
+                seal_seconds=sealing,
             )
         except DBAPIError as error:
             if _sqlstate(error) in _RETRY_AT_ONCE and attempt + 1 < _CONFLICT_RETRIES:
@@ -222,7 +228,9 @@ async def insert_session_ends(
     try:
         async with engine.begin() as conn:
             result = await _insert_one_by_one(conn, batch)
+            began = time.perf_counter()
             result.seal = await _seal(conn, batch, result.written, signer)
+            result.seal_seconds = time.perf_counter() - began
             return result
     except (DBAPIError, OSError) as error:
         raise DatabaseUnavailable(error) from error

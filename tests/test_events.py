@@ -1,12 +1,20 @@
 """parse_session_end and bare_address: every accepted form and every refusal of the contract."""
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from service.events import Refusal, Rejected, SessionEndEvent, bare_address, parse_session_end
+from service.events import (
+    Refusal,
+    Rejected,
+    SessionEndEvent,
+    bare_address,
+    parse_session_end,
+    parse_session_ends,
+)
 from tests.session_events import ABSENT, session_end, subject_of, wire
 
 MAX_BYTES = 16_384
@@ -203,3 +211,42 @@ def test_source_ip_null_is_accepted_like_absent() -> None:
 def test_long_garbage_source_ip_does_not_block_the_event() -> None:
     parsed = accepted(session_end(source_ip="x" * 300))
     assert parsed.ip_address is None
+
+
+def _one_by_one(messages: list[tuple[str, bytes]]) -> list[Any]:
+    return [parse_session_end(s, d, max_bytes=16_384) for s, d in messages]
+
+
+def _message(event: dict[str, Any]) -> tuple[str, bytes]:
+    return f"audit.session.end.{event['session_id']}", json.dumps(event).encode()
+
+
+def test_a_batch_validated_at_once_gives_what_each_message_alone_gives() -> None:
+    good = [_message(session_end()) for _ in range(5)]
+    other = session_end()
+    bad = [
+        ("audit.session.end.x", b"{not json"),
+        ("audit.session.end.x", b'["an", "array"]'),
+        _message(session_end(tenant_id="not-a-uuid")),
+        (f"audit.session.end.{uuid.uuid4()}", json.dumps(other).encode()),
+        _message(session_end() | {"padding": "x" * 17_000}),
+        # Upper case in the subject: valid, though the batch call cannot tell.
+        (f"audit.session.end.{other['session_id'].upper()}", json.dumps(other).encode()),
+    ]
+    for messages in (good, good[:2] + bad + good[2:], bad):
+        batch = parse_session_ends(messages, max_bytes=16_384)
+        assert [repr(r) for r in batch] == [repr(r) for r in _one_by_one(messages)]
+    assert all(isinstance(r, SessionEndEvent) for r in parse_session_ends(good, max_bytes=16_384))
+
+
+def test_payloads_that_would_join_into_other_objects_are_judged_one_by_one() -> None:
+    first, second = session_end(), session_end()
+    one, two = json.dumps(first), json.dumps(second)
+    # Together, `{first},{second` and `"x": 1}` join into two valid objects.
+    split = [
+        (f"audit.session.end.{first['session_id']}", f"{one},{two[:-1]}".encode()),
+        (f"audit.session.end.{second['session_id']}", b'"x": 1}'),
+    ]
+    batch = parse_session_ends(split, max_bytes=16_384)
+    assert [type(r) for r in batch] == [Rejected, Rejected]
+    assert [repr(r) for r in batch] == [repr(r) for r in _one_by_one(split)]
