@@ -4,10 +4,11 @@ import json
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -72,11 +73,23 @@ class SessionRow:
     details: str
     # The Transit ciphertext (vault:v1:…) of the details, or None when stored in plaintext.
     encrypted_details: str | None = None
+    # `details` as a value, when the caller has it: the trail hashes it, and parsing the
+    # text again would cost as much as the hash.
+    details_value: Mapping[str, Any] | None = None
+
+
+_EMPTY: Mapping[str, Any] = {}
 
 
 def plaintext_row(event: SessionEndEvent) -> SessionRow:
     """The row with its details in plaintext (no encryption configured, or its fallback)."""
-    return SessionRow(event, json.dumps(event.details()))
+    details = event.details()
+    return SessionRow(event, json.dumps(details), details_value=details)
+
+
+def encrypted_row(event: SessionEndEvent, ciphertext: str) -> SessionRow:
+    """The row with its details encrypted: `details` holds {}, as the platform writes it."""
+    return SessionRow(event, "{}", ciphertext, _EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +279,7 @@ def _sealed(row: SessionRow, written: WrittenRow) -> SealedRow:
         resource_type=RESOURCE_TYPE,
         resource_id=str(event.device_id),
         device_id=event.device_id,
-        details=json.loads(row.details),
+        details=json.loads(row.details) if row.details_value is None else row.details_value,
         encrypted_details=row.encrypted_details,
         ip_address=written.ip_address,
         created_at=event.end_time,

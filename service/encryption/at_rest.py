@@ -13,11 +13,9 @@ from service.config import get_settings
 from service.encryption.errors import EncryptionUnavailable
 from service.encryption.transit import TransitClient
 from service.events import SessionEndEvent
-from service.repository import SessionRow, plaintext_row
+from service.repository import SessionRow, encrypted_row, plaintext_row
 
 logger = logging.getLogger(__name__)
-# What the platform stores in `details` once the ciphertext holds them.
-ENCRYPTED_PLACEHOLDER = "{}"
 
 
 @dataclass
@@ -71,7 +69,7 @@ async def details_at_rest(
         if isinstance(outcome, BaseException):
             raise outcome
         for position, ciphertext in zip(positions, outcome, strict=True):
-            ready.rows.append(SessionRow(events[position], ENCRYPTED_PLACEHOLDER, ciphertext))
+            ready.rows.append(encrypted_row(events[position], ciphertext))
             ready.positions.append(position)
     return ready
 
