@@ -15,13 +15,15 @@ from bench import machine, report
 from bench.baseline import BaselineResult, measure_baseline
 from bench.ceiling import CeilingResult, measure_ceiling
 from bench.drain import DrainResult, measure_drain
+from bench.encryption import EncryptionResult, measure_encryption
 from bench.latency import HIGH_RATE, LOW_RATE, LatencyResult, measure_latency
 from bench.probes import say
 from bench.servers import Lab, PhaseFailed, Servers, lab, servers
 from bench.workload import DrainSet, Message, drain_set, prefill, valid_set
 from service.config import Settings
 
-PHASES = ("ceiling", "baseline", "drain", "replicas", "latency")
+# encryption right after drain: the same service, on and off, on the machine as it then is.
+PHASES = ("ceiling", "baseline", "drain", "encryption", "replicas", "latency")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,11 @@ class Options:
 def parse(argv: list[str] | None) -> Options:
     """Options from the command line."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--events", type=int, help="events in the drain set (default 100000)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        help="events in the drain set and in each encryption mix's (default 100000)",
+    )
     parser.add_argument("--baseline-events", type=int, help="events for the baseline (5000)")
     parser.add_argument("--quick", action="store_true", help="tiny run for a CI smoke test")
     parser.add_argument("--high-seconds", type=float, help="seconds at 1,000 events/s (20)")
@@ -70,6 +76,12 @@ def parse(argv: list[str] | None) -> Options:
         help="allow deleting and recreating DEVICE_EVENTS on the NATS server in NATS_URL",
     )
     args = parser.parse_args(argv)
+    if os.environ.get("OPENBAO_ADDR"):
+        # The replicas inherit this environment: every drain would then encrypt.
+        parser.error(
+            "OPENBAO_ADDR is set: drain, replicas and latency would run with encryption on; "
+            "unset it (the encryption phase starts an OpenBao of its own)"
+        )
     if os.environ.get("NATS_URL") and not args.reset_stream:
         parser.error(
             "NATS_URL is set: every phase deletes and recreates its stream DEVICE_EVENTS; "
@@ -100,6 +112,7 @@ class Results:
     ceiling: CeilingResult | None = None
     baseline: BaselineResult | None = None
     drain: DrainResult | None = None
+    encryption: EncryptionResult | None = None
     replicas: DrainResult | None = None
     latency: LatencyResult | None = None
     failures: dict[str, str] = field(default_factory=dict)
@@ -167,6 +180,9 @@ async def run_phases(the_lab: Lab, options: Options, log_dir: Path) -> Results:
         "drain": lambda: _drain(
             the_lab, workload, phase="drain", count=1, deadline_s=deadline, log_dir=log_dir
         ),
+        "encryption": lambda: measure_encryption(
+            the_lab, events=options.events, deadline_s=deadline, log_dir=log_dir
+        ),
         "replicas": lambda: _drain(
             the_lab, workload, phase="replicas", count=2, deadline_s=deadline, log_dir=log_dir
         ),
@@ -195,6 +211,7 @@ async def run(found: Servers, options: Options, log_dir: Path) -> dict[str, Any]
         results.drain,
         results.replicas,
         results.latency,
+        results.encryption,
         failed=set(results.failures),
     )
     the_machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     options = parse(argv)
     try:
-        with servers(options.data_dir) as found:
+        with servers(options.data_dir, openbao="encryption" in options.phases) as found:
             log_dir = (options.data_dir or options.output.parent) / "logs"
             the_report = asyncio.run(run(found, options, log_dir))
     except PhaseFailed as failure:

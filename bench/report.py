@@ -10,6 +10,7 @@ from typing import Any
 from bench.baseline import BaselineResult
 from bench.ceiling import CeilingResult
 from bench.drain import DrainResult
+from bench.encryption import GOAL, TENANT_MIXES, EncryptionResult
 from bench.latency import HIGH_RATE, LOW_RATE, LatencyResult
 
 NOTES = [
@@ -21,6 +22,12 @@ NOTES = [
     "is the transaction's start and so slightly optimistic; one machine, one clock.",
     "Baseline: distinct valid events only; the seed consumer naks poison without delay and "
     "would loop on it forever. It runs in the bench process, the service as its own process.",
+    "Encryption: only the encryption phase runs the service with OPENBAO_ADDR (an embedded "
+    "OpenBao, Transit, the service's least-privilege token); drain, replicas and latency run "
+    "with encryption off. Transit's limit is the service's TransitClient.encrypt_details alone "
+    "in the bench process, one batch (BATCH_SIZE items) after another, over the very details "
+    "the encrypted drain then writes, with the same token; in both, the mix's tenants take "
+    "turns event by event.",
     "All servers, the service and the bench share this machine's CPUs; other work on it "
     "(see load_average) makes the figures noisy.",
 ]
@@ -46,6 +53,7 @@ def targets_and_ratios(
     drain: DrainResult | None,
     two: DrainResult | None,
     latency: LatencyResult | None,
+    encryption: EncryptionResult | None = None,
     *,
     failed: set[str],
 ) -> tuple[dict[str, float | None], list[Target]]:
@@ -62,6 +70,13 @@ def targets_and_ratios(
         "service_over_baseline": _ratio(rate, baseline.events_per_s if baseline else None),
         "two_replicas_over_one": _ratio(two.events_per_s if two else None, rate),
     }
+    on_over_transit: dict[int, float] = {}
+    for mix in encryption.mixes if encryption else []:
+        on_over_transit[mix.tenants] = mix.drain_over_transit
+        ratios[f"encrypted_over_transit_{mix.tenants}_tenants"] = mix.drain_over_transit
+        ratios[f"encrypted_over_unencrypted_{mix.tenants}_tenants"] = _ratio(
+            mix.drain.events_per_s, rate
+        )
     over_ceiling = ratios["service_over_ceiling"] or 0.0
     over_baseline = ratios["service_over_baseline"] or 0.0
     two_over_one = ratios["two_replicas_over_one"] or 0.0
@@ -97,12 +112,26 @@ def targets_and_ratios(
             "drain",
             "replicas",
         ),
+        *(
+            check(
+                f"enc. drain vs Transit, {n} {_tenants(n)}",
+                f">= {GOAL}",
+                on_over_transit.get(n),
+                on_over_transit.get(n, 0.0) >= GOAL,
+                "encryption",
+            )
+            for n in TENANT_MIXES
+        ),
     ]
     return ratios, targets
 
 
+def _tenants(n: int) -> str:
+    return "tenant" if n == 1 else "tenants"
+
+
 def _line(label: str, value: str, note: str = "") -> str:
-    return f"  {label:<32} {value:>14}  {note}".rstrip()
+    return f"  {label:<38} {value:>14}  {note}".rstrip()
 
 
 def _drain_lines(label: str, d: dict[str, Any]) -> list[str]:
@@ -123,6 +152,54 @@ def _drain_lines(label: str, d: dict[str, Any]) -> list[str]:
             f"peak RSS {peaks} MB; CPU s in {d['wall_s']:.1f} s: service {cpu}, {others}",
         ),
     ]
+
+
+def _encryption_lines(enc: dict[str, Any], unencrypted: dict[str, Any] | None) -> list[str]:
+    lines = [
+        f"encryption ON (OpenBao {enc['openbao_version']} embedded, Transit, the service's token):"
+    ]
+    for mix in enc["mixes"]:
+        n = mix["tenants"]
+        lines.append(
+            _line(
+                f"Transit limit, {n} {_tenants(n)}",
+                f"{mix['transit_items_per_s']:,.0f} items/s",
+                f"the service's client alone, {mix['transit_items']:,} items in batches of "
+                f"{mix['transit_batch']}, one after another; CPU per item: client "
+                f"{mix['transit_client_cpu_us_per_item']:.0f} µs, OpenBao "
+                f"{mix['transit_openbao_cpu_us_per_item']:.0f} µs",
+            )
+        )
+        lines.extend(_drain_lines(f"drain, 1 replica, enc. ON, {n} {_tenants(n)}", mix["drain"]))
+        on = mix["drain"]
+        cost = f"service CPU {_us_per_event(on)} µs/event"
+        if unencrypted:
+            cost = (
+                f"{on['events_per_s'] / unencrypted['events_per_s']:.2f} of OFF's ev/s; "
+                f"service CPU {_us_per_event(on)} µs/event, OFF {_us_per_event(unencrypted)}"
+            )
+        verdict = "met" if mix["drain_over_transit"] >= enc["goal"] else "MISSED"
+        lines.append(
+            _line(
+                f"drain ON / Transit, {n} {_tenants(n)}",
+                f"{mix['drain_over_transit']:.3f}",
+                f"{verdict} (goal >= {enc['goal']}); {cost}",
+            )
+        )
+        lines.append(
+            _line(
+                "",
+                "",
+                f"checked: {mix['encrypted_rows']:,} rows vault:v1: with details {{}}, of "
+                f"{mix['tenants_in_rows']} {_tenants(mix['tenants_in_rows'])}; consumer empty",
+            )
+        )
+    return lines
+
+
+def _us_per_event(drain: dict[str, Any]) -> str:
+    per_s = drain["events_per_service_cpu_s"]
+    return f"{1e6 / per_s:.0f}" if per_s else "-"
 
 
 def _latency_lines(lat: dict[str, Any]) -> list[str]:
@@ -164,12 +241,12 @@ def table(report: dict[str, Any]) -> str:
     if b := phases.get("baseline"):
         note = f"{b['events']:,} events, {b['seconds']:.1f} s"
         lines.append(_line("baseline: seed-style", f"{b['events_per_s']:,.0f} ev/s", note))
-    for key, label in (
-        ("drain", "service drain, 1 replica"),
-        ("replicas", "service drain, 2 replicas"),
-    ):
-        if d := phases.get(key):
-            lines.extend(_drain_lines(label, d))
+    if d := phases.get("drain"):
+        lines.extend(_drain_lines("drain, 1 replica, encryption OFF", d))
+    if enc := phases.get("encryption"):
+        lines.extend(_encryption_lines(enc, phases.get("drain")))
+    if d := phases.get("replicas"):
+        lines.extend(_drain_lines("drain, 2 replicas, encryption OFF", d))
     if lat := phases.get("latency"):
         lines.extend(_latency_lines(lat))
     lines.append("targets:")
@@ -178,7 +255,7 @@ def table(report: dict[str, Any]) -> str:
         if target["met"] is False and target["value"] is None:
             verdict = "FAILED"
         value = "-" if target["value"] is None else f"{target['value']:,.3g}"
-        lines.append(f"  {verdict:<8} {target['name']:<22} {value:>8}  (goal {target['goal']})")
+        lines.append(f"  {verdict:<8} {target['name']:<34} {value:>8}  (goal {target['goal']})")
     for phase, why in report["failures"].items():
         lines.append(f"FAILED {phase}: {why.splitlines()[0]}")
     if report["options"]["quick"]:

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from service.dev.embedded import EmbeddedNats, EmbeddedPostgres
+from service.dev.openbao import EmbeddedOpenBao
 from service.dev.publisher import ensure_publisher_stream
 from service.dev.stack import migrate
 
@@ -50,6 +51,7 @@ class Servers:
     embedded_postgres: bool
     commit_timestamps: bool  # track_commit_timestamp is on: true commit times are readable
     server_pids: dict[str, int]  # of the embedded servers, to account their CPU time
+    openbao: EmbeddedOpenBao | None = None  # always embedded; started for the encryption phase
 
 
 async def _enable_commit_timestamps(dsn: str) -> None:
@@ -69,8 +71,11 @@ async def _setting(dsn: str, name: str) -> str:
 
 
 @contextmanager
-def servers(data_dir: Path | None) -> Iterator[Servers]:
-    """Use NATS_URL / DATABASE_URL when set, else start embedded servers under data_dir."""
+def servers(data_dir: Path | None, *, openbao: bool = False) -> Iterator[Servers]:
+    """Use NATS_URL / DATABASE_URL when set, else start embedded servers under data_dir.
+
+    With openbao, also an embedded OpenBao with Transit, whatever OPENBAO_ADDR says.
+    """
     workdir = data_dir or Path(tempfile.mkdtemp(prefix="session-audit-bench-"))
     with ExitStack() as stack:
         if data_dir is None:
@@ -92,6 +97,10 @@ def servers(data_dir: Path | None) -> Iterator[Servers]:
             database_url = postgres.url()
             pids["postgres"] = int((workdir / "postgres" / "postmaster.pid").read_text().split()[0])
         on = asyncio.run(_setting(plain_dsn(database_url), "track_commit_timestamp")) == "on"
+        bao = None
+        if openbao:
+            bao = stack.enter_context(EmbeddedOpenBao(workdir / "openbao"))
+            pids["bao"] = int((workdir / "openbao" / "bao.pid").read_text())
         yield Servers(
             nats_url=nats_url,
             database_url=database_url,
@@ -99,6 +108,7 @@ def servers(data_dir: Path | None) -> Iterator[Servers]:
             embedded_postgres=given_database is None,
             commit_timestamps=on,
             server_pids=pids,
+            openbao=bao,
         )
 
 
@@ -122,17 +132,31 @@ class Lab:
     _databases: list[str] = field(default_factory=list)
     _dlq_streams: list[str] = field(default_factory=list)
     _durables: list[str] = field(default_factory=list)
+    _kept: set[str] = field(default_factory=set)
 
     def names(self, phase: str) -> PhaseNames:
         """Names no earlier phase or run used."""
+        names = self.names_of(phase)
+        self._durables.append(names.durable)
+        return names
+
+    def names_of(self, phase: str) -> PhaseNames:
+        """The names names(phase) gives, for whoever checks the phase from outside."""
         tag = f"{phase}_{self.run_id}"
-        names = PhaseNames(
+        return PhaseNames(
             database=f"bench_{tag}".lower(),
             durable=f"bench-{tag}".replace("_", "-"),
             dlq_stream=f"BENCH_DLQ_{tag}".upper(),
         )
-        self._durables.append(names.durable)
-        return names
+
+    def keep_database(self, phase: str) -> str:
+        """Have end_phase leave the phase's database, to check its rows afterwards.
+
+        The checker drops it with drop_database; clean_up does, should the phase fail.
+        """
+        name = self.names_of(phase).database
+        self._kept.add(name)
+        return name
 
     def database_url(self, name: str) -> str:
         """SQLAlchemy URL of a database on the run's server."""
@@ -160,6 +184,7 @@ class Lab:
             await conn.close()
         with contextlib.suppress(ValueError):
             self._databases.remove(name)
+        self._kept.discard(name)
 
     async def fresh_stream(self) -> None:
         """DEVICE_EVENTS deleted and created again empty, as the relay creates it."""
@@ -177,7 +202,8 @@ class Lab:
         Every dead-letter stream takes audit.dlq.session.end.>: the next phase's could not
         be created beside this one.
         """
-        await self.drop_database(names.database)
+        if names.database not in self._kept:
+            await self.drop_database(names.database)
         with contextlib.suppress(NotFoundError):
             await self.js.delete_stream(names.dlq_stream)
 
@@ -197,6 +223,11 @@ class Lab:
             f"delivered {info.delivered.stream_seq}, pending {info.num_pending}, "
             f"ack pending {info.num_ack_pending}, waiting pulls {info.num_waiting}"
         )
+
+    async def unsettled(self, durable: str) -> tuple[int, int]:
+        """(not yet delivered, delivered but not acked) of a durable: (0, 0) once drained."""
+        info = await self.js.consumer_info(STREAM, durable)
+        return int(info.num_pending or 0), int(info.num_ack_pending or 0)
 
     async def dlq_messages(self, name: str) -> int:
         """Messages in a dead-letter stream; 0 until the service has created it."""

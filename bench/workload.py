@@ -46,8 +46,14 @@ def _poison(rng: random.Random, kind: int) -> Message:
     return subject, json.dumps(event | {"end_time": event["end_time"][:19]}).encode()
 
 
-def drain_set(total: int, *, seed: int = 4, share: float = 0.01) -> DrainSet:
-    """total messages: realistic sessions, about share duplicates and share poison, mixed."""
+def drain_set(
+    total: int, *, seed: int = 4, share: float = 0.01, tenants: Sequence[str] = ()
+) -> DrainSet:
+    """total messages: realistic sessions, about share duplicates and share poison, mixed.
+
+    With tenants, the sessions take them in turn (each its own otherwise): a batch then
+    holds every tenant's events in equal parts, as measure_transit_limit spreads its items.
+    """
     rng = random.Random(seed)  # noqa: S311 - benchmark data, not secrets
     poison = max(3, round(total * share))
     duplicates = max(2, round(total * share))
@@ -59,7 +65,8 @@ def drain_set(total: int, *, seed: int = 4, share: float = 0.01) -> DrainSet:
     doubled = set(rng.sample(range(sessions), duplicates))
     for index in range(sessions):
         pair = index in doubled and index % 2 == 0
-        event = session_end(rng, reason="idle_timeout" if pair else "normal")
+        tenant = tenants[index % len(tenants)] if tenants else None
+        event = session_end(rng, tenant_id=tenant, reason="idle_timeout" if pair else "normal")
         keys.append(idempotency_key(event["session_id"]))
         keyed.append((float(index), encode(event)))
         if index in doubled:
