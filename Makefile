@@ -53,7 +53,7 @@ verify: install ## check the audit trail of the stack `make run` started, with i
 	@set -a; if [ -f .data/endpoints.env ]; then . ./.data/endpoints.env; DATABASE_URL=$$VERIFIER_DATABASE_URL; fi; set +a; \
 	  $(BIN)/python -m service trail verify $(ARGS)
 
-bench: install ## measure ceiling, baseline, drain, latency and memory; table + bench-results/latest.json (ARGS=--quick)
+bench: install ## measure ceiling, baseline, drain, encryption, trail, replicas, latency; table + bench-results/latest.json (ARGS=--quick)
 	$(BIN)/python -m bench $(ARGS)
 
 docs: install ## write docs/asyncapi.yaml, the AsyncAPI document the service serves

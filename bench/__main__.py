@@ -19,11 +19,12 @@ from bench.encryption import EncryptionResult, measure_encryption
 from bench.latency import HIGH_RATE, LOW_RATE, LatencyResult, measure_latency
 from bench.probes import say
 from bench.servers import Lab, PhaseFailed, Servers, lab, servers
+from bench.trail import TrailResult, measure_trail
 from bench.workload import DrainSet, Message, drain_set, prefill, valid_set
 from service.config import Settings
 
 # encryption right after drain: the same service, on and off, on the machine as it then is.
-PHASES = ("ceiling", "baseline", "drain", "encryption", "replicas", "latency")
+PHASES = ("ceiling", "baseline", "drain", "encryption", "trail", "replicas", "latency")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Results:
     baseline: BaselineResult | None = None
     drain: DrainResult | None = None
     encryption: EncryptionResult | None = None
+    trail: TrailResult | None = None
     replicas: DrainResult | None = None
     latency: LatencyResult | None = None
     failures: dict[str, str] = field(default_factory=dict)
@@ -169,6 +171,24 @@ async def _drain(
     return result
 
 
+async def _trail(the_lab: Lab, options: Options) -> TrailResult:
+    rows = 2_000 if options.quick else 50_000
+    verify_rows = 2_000 if options.quick else 200_000
+    say(f"trail: the write path with and without seals, {rows:,} rows each; then verify")
+    name = the_lab.names("trail").database
+    url = await the_lab.fresh_database(name)
+    try:
+        result = await measure_trail(url, rows=rows, verify_rows=verify_rows)
+    finally:
+        await the_lab.drop_database(name)
+    say(
+        f"trail: sealed {result.sealed_rows_per_s:,.0f} rows/s, bare "
+        f"{result.bare_rows_per_s:,.0f} rows/s (cost {result.cost:.1%}); verify "
+        f"{result.verify_rows_per_s:,.0f} rows/s"
+    )
+    return result
+
+
 async def run_phases(the_lab: Lab, options: Options, log_dir: Path) -> Results:
     """Every requested phase, in order, each on fresh state; a failed phase is noted."""
     workload = drain_set(options.events)
@@ -183,6 +203,7 @@ async def run_phases(the_lab: Lab, options: Options, log_dir: Path) -> Results:
         "encryption": lambda: measure_encryption(
             the_lab, events=options.events, deadline_s=deadline, log_dir=log_dir
         ),
+        "trail": lambda: _trail(the_lab, options),
         "replicas": lambda: _drain(
             the_lab, workload, phase="replicas", count=2, deadline_s=deadline, log_dir=log_dir
         ),
@@ -212,6 +233,7 @@ async def run(found: Servers, options: Options, log_dir: Path) -> dict[str, Any]
         results.replicas,
         results.latency,
         results.encryption,
+        results.trail,
         failed=set(results.failures),
     )
     the_machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

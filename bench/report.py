@@ -12,6 +12,7 @@ from bench.ceiling import CeilingResult
 from bench.drain import DrainResult
 from bench.encryption import GOAL, TENANT_MIXES, EncryptionResult
 from bench.latency import HIGH_RATE, LOW_RATE, LatencyResult
+from bench.trail import TrailResult
 
 NOTES = [
     "Drain events/s: from the first to the last committed transaction, by the rows' "
@@ -54,6 +55,7 @@ def targets_and_ratios(
     two: DrainResult | None,
     latency: LatencyResult | None,
     encryption: EncryptionResult | None = None,
+    trail: TrailResult | None = None,
     *,
     failed: set[str],
 ) -> tuple[dict[str, float | None], list[Target]]:
@@ -123,6 +125,23 @@ def targets_and_ratios(
             for n in TENANT_MIXES
         ),
     ]
+    if trail is not None or "trail" in failed:
+        targets += [
+            check(
+                "trail cost on the write path",
+                "<= 10 %",
+                None if trail is None else round(trail.cost * 100, 1),
+                trail is not None and trail.cost <= 0.10,
+                "trail",
+            ),
+            check(
+                "trail verify",
+                ">= 50,000 rows/s",
+                None if trail is None else trail.verify_rows_per_s,
+                trail is not None and trail.verify_rows_per_s >= 50_000,
+                "trail",
+            ),
+        ]
     return ratios, targets
 
 
@@ -245,6 +264,23 @@ def table(report: dict[str, Any]) -> str:
         lines.extend(_drain_lines("drain, 1 replica, encryption OFF", d))
     if enc := phases.get("encryption"):
         lines.extend(_encryption_lines(enc, phases.get("drain")))
+    if t := phases.get("trail"):
+        lines.append(
+            _line(
+                "trail: write path, sealed",
+                f"{t['sealed_rows_per_s']:,.0f} rows/s",
+                f"CPU {t['sealed_cpu_us_per_row']} µs/row; without seals "
+                f"{t['bare_rows_per_s']:,.0f} rows/s, {t['bare_cpu_us_per_row']} µs/row; "
+                f"cost {t['cost']:.1%}",
+            )
+        )
+        lines.append(
+            _line(
+                "trail: verify",
+                f"{t['verify_rows_per_s']:,.0f} rows/s",
+                f"{t['verify_rows']:,} sealed rows, signatures and links, no anchor",
+            )
+        )
     if d := phases.get("replicas"):
         lines.extend(_drain_lines("drain, 2 replicas, encryption OFF", d))
     if lat := phases.get("latency"):

@@ -1,14 +1,25 @@
-"""The verifier's speed: sealed rows verified per second, as `trail verify` reads them."""
+"""The trail in numbers: its cost on the write path, and rows verified per second."""
 
 import json
 import os
+import random
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nkeys  # type: ignore[import-untyped]
 
-from service.repository import create_engine
+from service.dev.publisher import session_end
+from service.events import SessionEndEvent
+from service.repository import (
+    SessionRow,
+    create_engine,
+    insert_session_ends,
+    plaintext_row,
+    write_rows,
+)
 from service.trail.hashing import ROW_COLUMNS, RowImage
 from service.trail.keys import signer_from_seed, trusted_keys
 from service.trail.seals import SealedRow, append_seal
@@ -92,3 +103,67 @@ async def measure_verify(database_url: str, *, rows: int = 200_000, batch: int =
     report = await verify_report(database_url, trusted_key=signer_from_seed(seed).key_id)
     # Rows sealed before, by another key, are findings here; the speed is what is measured.
     return report.rows_per_second
+
+
+@dataclass(frozen=True)
+class TrailResult:
+    """What the trail costs the write path, and how fast `trail verify` checks a trail."""
+
+    rows: int  # written in each mode for the cost
+    sealed_rows_per_s: float  # the service's write, sealed and signed in its transaction
+    bare_rows_per_s: float  # the same INSERT, no seal
+    sealed_cpu_us_per_row: float
+    bare_cpu_us_per_row: float
+    cost: float  # 1 - sealed / bare: the share of write throughput the trail takes
+    verify_rows: int
+    verify_rows_per_s: float
+
+
+async def measure_trail(database_url: str, *, rows: int, verify_rows: int) -> TrailResult:
+    """The write path with and without the seal, interleaved; then the verifier's speed.
+
+    Both modes run the service's own INSERT of prevalidated 500-row batches as the
+    database's owner in one process; they alternate batch by batch, so that a
+    disturbance of the machine falls on both alike.
+    """
+    seed = bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER)).decode()
+    signer = signer_from_seed(seed)
+    rng = random.Random(3)  # noqa: S311 - sample data
+    batch = 500
+
+    def new_batch() -> list[SessionRow]:
+        return [
+            plaintext_row(SessionEndEvent.model_validate(session_end(rng))) for _ in range(batch)
+        ]
+
+    engine = create_engine(database_url)
+    wall = {"sealed": 0.0, "bare": 0.0}
+    cpu = {"sealed": 0.0, "bare": 0.0}
+    try:
+        await insert_session_ends(engine, rows=new_batch(), signer=signer)  # warm the pool
+        for _ in range(max(1, rows // batch)):
+            for mode in ("sealed", "bare"):
+                work = new_batch()
+                began, began_cpu = time.perf_counter(), time.process_time()
+                if mode == "sealed":
+                    await insert_session_ends(engine, rows=work, signer=signer)
+                else:
+                    async with engine.begin() as conn:
+                        await write_rows(conn, work)
+                wall[mode] += time.perf_counter() - began
+                cpu[mode] += time.process_time() - began_cpu
+    finally:
+        await engine.dispose()
+    written = max(1, rows // batch) * batch
+    sealed, bare = written / wall["sealed"], written / wall["bare"]
+    speed = await measure_verify(database_url, rows=verify_rows)
+    return TrailResult(
+        rows=written,
+        sealed_rows_per_s=round(sealed),
+        bare_rows_per_s=round(bare),
+        sealed_cpu_us_per_row=round(cpu["sealed"] / written * 1e6, 1),
+        bare_cpu_us_per_row=round(cpu["bare"] / written * 1e6, 1),
+        cost=round(1 - sealed / bare, 3),
+        verify_rows=verify_rows,
+        verify_rows_per_s=round(speed),
+    )

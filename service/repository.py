@@ -174,7 +174,8 @@ def _params(rows: Sequence[SessionRow]) -> dict[str, object]:
     }
 
 
-async def _write(conn: AsyncConnection, rows: Sequence[SessionRow]) -> list[WrittenRow]:
+async def write_rows(conn: AsyncConnection, rows: Sequence[SessionRow]) -> list[WrittenRow]:
+    """The batch INSERT alone, in conn's transaction: no seal (the trail's bench and tests)."""
     result = await conn.execute(_INSERT, _params(rows))
     return [WrittenRow(*record) for record in result.all()]
 
@@ -219,7 +220,7 @@ async def insert_session_ends(
     for attempt in range(_CONFLICT_RETRIES):
         try:
             async with engine.begin() as conn:
-                written = await _write(conn, ordered)
+                written = await write_rows(conn, ordered)
                 began = time.perf_counter()
                 seal = await _seal(conn, ordered, written, signer)
                 sealing = time.perf_counter() - began
@@ -295,7 +296,7 @@ async def _insert_one_by_one(conn: AsyncConnection, rows: Sequence[SessionRow]) 
     for position, row in enumerate(rows):
         try:
             async with conn.begin_nested():
-                written = await _write(conn, [row])
+                written = await write_rows(conn, [row])
         except DBAPIError as error:
             if not _refused_by_data(error):
                 raise

@@ -33,6 +33,7 @@ def test_quick_benchmark_runs_every_phase_with_exact_totals(tmp_path: Path) -> N
         "baseline",
         "drain",
         "encryption",
+        "trail",
         "replicas",
         "latency",
     }
@@ -45,5 +46,7 @@ def test_quick_benchmark_runs_every_phase_with_exact_totals(tmp_path: Path) -> N
         "two replicas vs one",
         "enc. drain vs Transit, 1 tenant",
         "enc. drain vs Transit, 50 tenants",
+        "trail cost on the write path",
+        "trail verify",
     }
     assert "ceiling" in done.stdout

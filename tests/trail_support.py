@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from service.config import Settings
 from service.dev.stack import migrate, writer_url
 from service.events import SessionEndEvent
-from service.repository import ACTION, _write, create_engine, insert_session_ends, plaintext_row
+from service.repository import ACTION, write_rows, create_engine, insert_session_ends, plaintext_row
 from service.trail.anchor import AnchorReader
 from service.trail.hashing import row_image_from_record
 from service.trail.keys import Signer, signer_from_seed, trusted_keys
@@ -108,7 +108,7 @@ async def insert_as_the_service(db: TrailDatabase, batch: Sequence[SessionEndEve
     engine = create_engine(db.writer_url)
     try:
         async with engine.begin() as conn:
-            written = await _write(conn, [plaintext_row(e) for e in batch])
+            written = await write_rows(conn, [plaintext_row(e) for e in batch])
     finally:
         await engine.dispose()
     assert len(written) == len(batch)
