@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from service.config import Settings
 from service.dev.stack import migrate, writer_url
 from service.events import SessionEndEvent
-from service.repository import ACTION, write_rows, create_engine, insert_session_ends, plaintext_row
+from service.repository import ACTION, create_engine, insert_session_ends, plaintext_row, write_rows
 from service.trail.anchor import AnchorReader
 from service.trail.hashing import row_image_from_record
 from service.trail.keys import Signer, signer_from_seed, trusted_keys
