@@ -18,19 +18,21 @@ from faststream.nats.security import (
 )
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import Error as NatsError
+from nats.errors import NoServersError
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError
 from typing_extensions import override
 
 from service.config import Settings, redact
 from service.deadletters.letters import ensure_dlq_stream
+from service.pull import ConsumerGone, LeanPull
 
 logger = logging.getLogger(__name__)
 
 _MAX_RETRY_DELAY_S = 30.0
 PIPELINE_DEPTH = 2
+_DEFAULT_WAIT_S = 5.0  # the wait of a pull request when the subscriber declares none
 
 
 def nats_security(settings: Settings) -> NatsSecurity | None:
@@ -81,6 +83,8 @@ class SessionAuditBroker(NatsBroker):
 
     @override
     async def start(self) -> None:
+        loop = type(asyncio.get_running_loop())
+        logger.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
         await _retrying("connect to NATS at " + redact(self.settings.nats_url), self.connect)
         js = self.config.connection_state.stream
         await _retrying(f"find stream {self.settings.stream}", lambda: _stream_exists(js, self))
@@ -164,7 +168,9 @@ class PipelinedBatchPull(BatchPullStreamSubscriber):
     is written: up to PIPELINE_DEPTH batches are in the handler at once, one being parsed
     while the one before is written. The handler writes them one at a time, in the order
     they were fetched (handlers.write_turn), so the first end event of a session is the
-    one that is kept.
+    one that is kept. The fetches are LeanPull's (service.pull), not nats-py's, which
+    spends a task per message; a durable deleted under the loop is bound again, created
+    as declared.
     """
 
     __slots__ = ()
@@ -172,18 +178,22 @@ class PipelinedBatchPull(BatchPullStreamSubscriber):
 
     async def _consume_pull(self) -> None:
         assert self.subscription is not None, "subscription is created before the loop starts"
+        # nats-py's own name for the durable's next-message subject (API prefix included).
+        pull = LeanPull(self.connection, self.subscription._nms)
+        await pull.open()
         in_flight: deque[asyncio.Task[Any]] = deque()
         size = self.pull_sub.batch_size
+        wait = self.pull_sub.timeout or _DEFAULT_WAIT_S
         try:
             while self.running and not self._draining:
-                messages = await self._fetch(size, self.pull_sub.timeout)
+                messages = await self._fetch(pull, size, wait)
                 # While the pipeline is full, keep gathering: the busier the database,
                 # the larger (and the cheaper per event) the next batch.
                 while len(in_flight) == PIPELINE_DEPTH and not in_flight[0].done():
                     if len(messages) >= size:
                         await in_flight[0]
                         break
-                    more = await self._fetch(size - len(messages), 0.005)
+                    more = await self._fetch(pull, size - len(messages), 0.005)
                     if not more:
                         await in_flight[0]
                         break
@@ -196,8 +206,12 @@ class PipelinedBatchPull(BatchPullStreamSubscriber):
                     # Stopping: hand them back now rather than after ACK_WAIT_S.
                     await asyncio.gather(*(m.nak() for m in messages), return_exceptions=True)
         finally:
-            for task in in_flight:
-                await task
+            try:
+                for task in in_flight:
+                    await task
+            finally:
+                # Deliveries that came after the last fetch go back with a nak.
+                await pull.close()
 
     async def start(self) -> None:
         """Start fetching (again, after a stop)."""
@@ -217,11 +231,28 @@ class PipelinedBatchPull(BatchPullStreamSubscriber):
             await asyncio.wait(loops, timeout=self._outer_config.graceful_timeout)
         await super().stop()
 
-    async def _fetch(self, batch: int, wait: float | None) -> list[Msg]:
-        assert self.subscription is not None
-        # asyncio.TimeoutError covers nats' own TimeoutError, a subclass of it.
-        with contextlib.suppress(
-            asyncio.TimeoutError, ConnectionClosedError, ServiceUnavailableError
-        ):
-            return await self.subscription.fetch(batch=batch, timeout=wait)
+    async def _fetch(self, pull: LeanPull, batch: int, wait: float) -> list[Msg]:
+        try:
+            return await pull.fetch(batch, wait)
+        except ConsumerGone as gone:
+            if self.running and not self._draining:
+                await self._bind_again(str(gone))
         return []
+
+    async def _bind_again(self, why: str) -> None:
+        """Bind the durable again after JetStream said it is gone, creating it as declared."""
+        durable = self.extra_options.get("durable")
+        logger.warning("durable %s is gone (%s); binding it again", durable, why)
+        try:
+            # As at start-up: the durable as it is if it exists, else created as declared.
+            subscription = await self.jetstream.pull_subscribe(
+                subject=self.subject.broker_address, config=self.config, **self.extra_options
+            )
+        except (NatsError, OSError) as error:  # OSError: TimeoutError too
+            logger.warning("cannot bind durable %s yet (%s); will try again", durable, error)
+            return
+        previous, self.subscription = self.subscription, subscription
+        if previous is not None:
+            with contextlib.suppress(NatsError):
+                await previous.unsubscribe()
+        logger.info("durable %s bound again", durable)
