@@ -257,7 +257,8 @@ async def _seal(
     signer: Signer | None,
 ) -> Seal | None:
     """Append the trail's seal over the rows just written (docs/trail.md)."""
-    by_session = {row.event.session_id: row for row in rows}
+    # The first event of a session is the one its row holds (reversed: the first wins).
+    by_session = {row.event.session_id: row for row in reversed(rows)}
     return await append_seal(
         conn,
         rows=[_sealed(by_session[w.session_id], w) for w in written],

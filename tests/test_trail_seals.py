@@ -624,3 +624,34 @@ async def test_verify_command_exits_2_with_one_line_when_it_cannot_run(
         no_anchor = await run_verify(env, "--no-anchor")
         assert no_anchor.returncode == 0, no_anchor.stderr
         assert "anchor not checked" in no_anchor.stdout
+
+
+async def test_a_batch_written_row_by_row_seals_the_first_event_of_each_session(
+    trail: TrailDatabase,
+) -> None:
+    # A row the database refuses sends the batch down the one-by-one path; the session
+    # with two end events in it keeps (and must be sealed with) the first.
+    signer = new_signer()
+    refused_tenant = uuid.uuid4()
+    first = events(1, reason="idle_timeout")[0]
+    second = SessionEndEvent.model_validate(
+        json.loads(first.model_dump_json()) | {"reason": "normal"}
+    )
+    batch = [first, *events(2), second, *events(1, tenant_id=str(refused_tenant))]
+    async with connection(trail.owner_url) as owner:
+        await owner.execute(
+            "ALTER TABLE audit_logs ADD CONSTRAINT trail_refused "
+            f"CHECK (tenant_id <> '{refused_tenant}'::uuid)"
+        )
+    engine = create_engine(trail.writer_url)
+    try:
+        result = await insert_session_ends(engine, events=batch, signer=signer)
+    finally:
+        await engine.dispose()
+        async with connection(trail.owner_url) as owner:
+            await owner.execute("ALTER TABLE audit_logs DROP CONSTRAINT trail_refused")
+
+    assert (result.inserted, result.duplicates, list(result.refused)) == (3, 1, [4])
+    report = await verify(trail, signer.key_id)
+    assert report.intact, report.findings
+    assert report.rows == 3
