@@ -163,7 +163,16 @@ async def test_a_forged_copy_under_a_new_session_is_found_as_unsealed(
 ) -> None:
     forged = str(uuid.uuid4())
     async with written.owner() as conn:
-        row = await a_row(conn, 9)
+        # A row of the newest seal: a copy of a row written while the first seal was being
+        # made keeps an ingested_at from before the trail began, which the verifier counts
+        # as pre-trail, not as forged (docs/trail.md).
+        later = await conn.fetchval("SELECT row_ids[1] FROM audit_seals ORDER BY seq DESC LIMIT 1")
+        row = await conn.fetchrow(
+            "SELECT *, split_part(idempotency_key, ':', 2) AS session FROM audit_logs "
+            "WHERE id = $1",
+            later,
+        )
+        assert row is not None
         new_id = await conn.fetchval(
             "INSERT INTO audit_logs (tenant_id, user_id, action, resource_type, resource_id, "
             "device_id, details, encrypted_details, ip_address, created_at, occurred_at, "
