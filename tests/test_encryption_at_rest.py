@@ -171,11 +171,11 @@ async def test_a_tenant_without_a_data_key_waits_without_plaintext_until_the_pla
 
             await eventually(keyed_row, within=20, what="the keyed tenant's row")
 
-            def retried() -> bool:
-                metrics = service.get("/metrics").text
-                return 'session_audit_retries_total{cause="encryption_unavailable"} 2.0' in metrics
-
-            await eventually(_async(retried), within=20, what="two retries of the waiting event")
+            await exported(
+                service,
+                'session_audit_retries_total{cause="encryption_unavailable"} 2.0',
+                what="two retries of the waiting event",
+            )
             assert await stored(db, unkeyed) == []
             assert await dead_letters(js, names.dlq_stream) == []
             metrics = service.get("/metrics").text
@@ -228,11 +228,11 @@ async def test_openbao_outage_holds_events_and_readyz_names_openbao_until_it_ret
             for event in events:
                 await publish_event(js, event)
 
-            def retried() -> bool:
-                metrics = service.get("/metrics").text
-                return 'session_audit_encryption_errors_total{kind="unreachable"}' in metrics
-
-            await eventually(_async(retried), within=20, what="a failed encryption")
+            await exported(
+                service,
+                'session_audit_encryption_errors_total{kind="unreachable"}',
+                what="a failed encryption",
+            )
             assert await stored(db, tenant) == []
             assert await dead_letters(js, names.dlq_stream) == []
 
@@ -362,6 +362,11 @@ async def test_the_platforms_audit_api_reads_our_encrypted_rows_as_its_own(
         "2001:db8::1",
         None,
     ]
+
+
+async def exported(service: ServiceProcess, sample: str, *, what: str) -> None:
+    """Wait until the service's /metrics holds the sample line (or its start)."""
+    await eventually(_async(lambda: sample in service.get("/metrics").text), within=20, what=what)
 
 
 def _async(check: Any) -> Any:

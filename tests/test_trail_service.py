@@ -85,12 +85,15 @@ async def findings(stack: FaultStack) -> tuple[int, list[dict[str, Any]]]:
     return result.returncode, json.loads(result.stdout)["findings"]
 
 
-async def a_row(conn: asyncpg.Connection, offset: int = 0) -> asyncpg.Record:
-    """One of the service's rows, with its session id."""
+async def a_row(conn: asyncpg.Connection, offset: int = 0, *, row_id: Any = None) -> asyncpg.Record:
+    """One of the service's rows (the offset-th by id, or the one with row_id), with its
+    session id."""
     row = await conn.fetchrow(
         "SELECT *, split_part(idempotency_key, ':', 2) AS session FROM audit_logs "
-        "WHERE action = 'ssh_session_end' ORDER BY id OFFSET $1 LIMIT 1",
+        "WHERE action = 'ssh_session_end' AND ($2::uuid IS NULL OR id = $2) "
+        "ORDER BY id OFFSET $1 LIMIT 1",
         offset,
+        row_id,
     )
     assert row is not None
     return row
@@ -167,12 +170,7 @@ async def test_a_forged_copy_under_a_new_session_is_found_as_unsealed(
         # made keeps an ingested_at from before the trail began, which the verifier counts
         # as pre-trail, not as forged (docs/trail.md).
         later = await conn.fetchval("SELECT row_ids[1] FROM audit_seals ORDER BY seq DESC LIMIT 1")
-        row = await conn.fetchrow(
-            "SELECT *, split_part(idempotency_key, ':', 2) AS session FROM audit_logs "
-            "WHERE id = $1",
-            later,
-        )
-        assert row is not None
+        row = await a_row(conn, row_id=later)
         new_id = await conn.fetchval(
             "INSERT INTO audit_logs (tenant_id, user_id, action, resource_type, resource_id, "
             "device_id, details, encrypted_details, ip_address, created_at, occurred_at, "
